@@ -1,1 +1,3 @@
-//! placeholder
+//! Benchmarks: synthetic data generators shared by the benchmark binaries.
+
+pub mod synth;

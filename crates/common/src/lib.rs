@@ -1,1 +1,20 @@
-//! placeholder
+//! Building blocks every Global Brain service shares.
+//!
+//! - [`auth`]: bearer tokens mapped to a tenant and roles, enforced by one tower layer in front
+//!   of every gRPC service (health checks excepted).
+//! - [`tenant`]: tenant names and their per-tenant policies.
+//! - [`clap_blocks`]: command-line and environment configuration shared by the binaries.
+//! - [`server`]: serving gRPC with health, reflection, metrics and graceful shutdown.
+//! - [`metrics`]: request metrics for the Prometheus endpoint.
+//!
+//! No DataFusion and no ONNX Runtime here: this crate stays light so that every binary can
+//! depend on it.
+
+pub mod auth;
+pub mod clap_blocks;
+mod error;
+pub mod metrics;
+pub mod server;
+pub mod tenant;
+
+pub use error::{Error, Result};

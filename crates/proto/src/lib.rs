@@ -1,1 +1,14 @@
-//! placeholder
+//! Generated types for Global Brain's own protocols.
+//!
+//! Only areas without a standard protocol get their own `.proto` (see `proto/` at the
+//! repository root); queries speak Flight SQL and inference speaks KServe v2.
+
+/// `globalbrain.ingest.v1`: uploads, events and export.
+pub mod ingest {
+    pub mod v1 {
+        tonic::include_proto!("globalbrain.ingest.v1");
+    }
+}
+
+/// The encoded file descriptor set of every proto above, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("globalbrain_descriptor");

@@ -1,0 +1,94 @@
+//! Configuration blocks the binaries flatten into their commands. Every flag also reads a
+//! `GBRAIN_*` environment variable, so that Helm values and compose files can set it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Where a server listens.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// gRPC address.
+    #[arg(long, env = "GBRAIN_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// HTTP address for Prometheus metrics (/metrics) and liveness (/healthz).
+    #[arg(long, env = "GBRAIN_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+
+    /// Seconds between reporting NOT_SERVING and closing the listener on shutdown, so that
+    /// load balancers stop sending work first.
+    #[arg(long, env = "GBRAIN_DRAIN_SECONDS", default_value_t = 0)]
+    pub drain_seconds: u64,
+}
+
+/// Who may call.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthArgs {
+    /// TOML file of tokens (clear or SHA-256), tenants and roles; see the README.
+    #[arg(long, env = "GBRAIN_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+}
+
+/// Where objects live.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ObjectStoreArgs {
+    /// `file:///path` or `s3://bucket/prefix` (with the usual AWS_* environment variables:
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP).
+    #[arg(long = "object-store", env = "GBRAIN_OBJECT_STORE")]
+    pub object_store: String,
+}
+
+/// Where the catalog lives.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CatalogArgs {
+    /// `sqlite:///path/catalog.db` or `postgres://user@host:5432/db` (add `?schema=NAME` to use
+    /// a schema other than public).
+    #[arg(long, env = "GBRAIN_CATALOG")]
+    pub catalog: String,
+}
+
+/// Limits and housekeeping of the ingest service.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IngestArgs {
+    /// Largest recording file accepted, in bytes.
+    #[arg(long, env = "GBRAIN_MAX_UPLOAD_BYTES", default_value_t = 4 << 30)]
+    pub max_upload_bytes: u64,
+
+    /// Hours an unfinished upload is kept for resuming before its bytes are collected.
+    #[arg(long, env = "GBRAIN_UPLOAD_TTL_HOURS", default_value_t = 24)]
+    pub upload_ttl_hours: u64,
+
+    /// Seconds between garbage-collection passes over interrupted uploads and writes.
+    #[arg(long, env = "GBRAIN_GC_INTERVAL_SECONDS", default_value_t = 600)]
+    pub gc_interval_seconds: u64,
+}
+
+/// Log output.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// `text` or `json`. Levels come from RUST_LOG (default info).
+    #[arg(long, env = "GBRAIN_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How a client command reaches the cluster.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// gRPC endpoint of the cluster.
+    #[arg(long, env = "GBRAIN_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
+    pub server: String,
+
+    /// Bearer token.
+    #[arg(long, env = "GBRAIN_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+}

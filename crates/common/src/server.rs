@@ -1,0 +1,199 @@
+//! Serving gRPC: the services, plus health, reflection, metrics and authentication, with
+//! graceful shutdown; and the HTTP endpoint for Prometheus.
+//!
+//! Shutdown runs in the order operators rely on: every health status goes to NOT_SERVING, the
+//! drain delay passes so that load balancers stop sending work, then the listener closes and
+//! in-flight calls finish.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tonic_health::server::{HealthReporter, HealthService};
+
+use crate::auth::{AuthLayer, Authenticator};
+use crate::metrics::{GrpcMetrics, MetricsLayer};
+use crate::{Error, Result};
+
+/// Largest gRPC message a server decodes. Upload chunks are far smaller; sidecars ride in the
+/// first upload message and may be a few MiB.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Everything [`serve`] needs, built by the caller.
+pub struct ServeArgs {
+    /// The application services.
+    pub routes: Routes,
+    /// Names of the services in `routes`, for health and readiness.
+    pub service_names: Vec<&'static str>,
+    /// Encoded file descriptor sets of the services, for reflection.
+    pub descriptor_sets: Vec<&'static [u8]>,
+    pub health: HealthReporter,
+    pub auth: Arc<Authenticator>,
+    pub metrics: GrpcMetrics,
+    pub registry: Arc<Registry>,
+    pub grpc_listener: TcpListener,
+    pub http_listener: Option<TcpListener>,
+    pub shutdown: CancellationToken,
+    pub drain_delay: Duration,
+}
+
+/// Serves until `shutdown` is cancelled, then drains.
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    let ServeArgs {
+        routes,
+        service_names,
+        descriptor_sets,
+        health,
+        auth,
+        metrics,
+        registry,
+        grpc_listener,
+        http_listener,
+        shutdown,
+        drain_delay,
+    } = args;
+
+    for name in &service_names {
+        health.set_service_status(name, ServingStatus::Serving).await;
+    }
+    let health_service =
+        tonic_health::pb::health_server::HealthServer::new(HealthService::from_health_reporter(
+            health.clone(),
+        ));
+
+    let mut reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    let mut reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    for set in descriptor_sets {
+        reflection_v1 = reflection_v1.register_encoded_file_descriptor_set(set);
+        reflection_v1alpha = reflection_v1alpha.register_encoded_file_descriptor_set(set);
+    }
+    let reflection_v1 = reflection_v1
+        .build_v1()
+        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection_v1alpha
+        .build_v1alpha()
+        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+
+    let routes = routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    let http = match http_listener {
+        Some(listener) => Some(tokio::spawn(serve_http(
+            listener,
+            registry,
+            shutdown.clone(),
+        ))),
+        None => None,
+    };
+
+    let local = grpc_listener.local_addr()?;
+    tracing::info!(addr = %local, services = ?service_names, "grpc server listening");
+    let signal = {
+        let shutdown = shutdown.clone();
+        let health = health.clone();
+        async move {
+            shutdown.cancelled().await;
+            tracing::info!("shutting down: reporting NOT_SERVING");
+            health.set_service_status("", ServingStatus::NotServing).await;
+            for name in &service_names {
+                health
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
+            }
+            tokio::time::sleep(drain_delay).await;
+            tracing::info!("closing the listener and draining in-flight calls");
+        }
+    };
+    tonic::transport::Server::builder()
+        .layer(MetricsLayer::new(metrics))
+        .layer(AuthLayer::new(auth))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), signal)
+        .await?;
+    if let Some(http) = http {
+        // The HTTP server stops on the same token; a panic there is not worth a second one.
+        let _ = http.await;
+    }
+    tracing::info!("grpc server stopped");
+    Ok(())
+}
+
+/// Serves `/metrics` (Prometheus text format) and `/healthz` until `shutdown` is cancelled.
+pub async fn serve_http(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = Arc::clone(&registry);
+                async move {
+                    let mut text = String::new();
+                    match prometheus_client::encoding::text::encode(&mut text, &registry) {
+                        Ok(()) => (
+                            http::StatusCode::OK,
+                            [(
+                                http::header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            text,
+                        ),
+                        Err(e) => {
+                            tracing::error!(error = %e, "encoding metrics failed");
+                            (
+                                http::StatusCode::INTERNAL_SERVER_ERROR,
+                                [(http::header::CONTENT_TYPE, "text/plain")],
+                                String::from("encoding metrics failed"),
+                            )
+                        }
+                    }
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }));
+    tracing::info!(addr = %listener.local_addr()?, "http server listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT (Ctrl-C), for binaries.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("received SIGINT"),
+        () = term => tracing::info!("received SIGTERM"),
+    }
+}

@@ -1,0 +1,21 @@
+//! Generates the Rust types and tonic services for `proto/` and a file descriptor set for gRPC
+//! reflection. protoc comes vendored, so a fresh machine needs nothing installed.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let protos = [root.join("globalbrain/ingest/v1/ingest.proto")];
+    let mut config = prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // Upload chunks and export data are large byte fields: share them, don't copy them.
+    config.bytes([".globalbrain.ingest.v1.UploadChunk.data"]);
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("globalbrain_descriptor.bin"))
+        .compile_with_config(config, &protos, &[root.clone()])?;
+    for p in &protos {
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
+    Ok(())
+}

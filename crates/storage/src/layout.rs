@@ -1,0 +1,45 @@
+//! Object paths. Hive-style `key=value` segments let a query engine prune by tenant,
+//! recording and channel from the path alone.
+//!
+//! ```text
+//! data/signals/tenant=T/recording=R/channel=00003/part-00000.parquet
+//! data/events/tenant=T/recording=R/<part id>.parquet
+//! staging/tenant=T/upload=U/<offset, 20 digits>.part
+//! ```
+
+use object_store::path::Path;
+
+pub fn recording_signals(tenant: &str, recording: &str) -> Path {
+    Path::from(format!("data/signals/tenant={tenant}/recording={recording}"))
+}
+
+pub fn signal_part(tenant: &str, recording: &str, channel: u32, part: u32) -> Path {
+    Path::from(format!(
+        "data/signals/tenant={tenant}/recording={recording}/channel={channel:05}/part-{part:05}.parquet"
+    ))
+}
+
+pub fn recording_events(tenant: &str, recording: &str) -> Path {
+    Path::from(format!("data/events/tenant={tenant}/recording={recording}"))
+}
+
+pub fn events_part(tenant: &str, recording: &str, part: &str) -> Path {
+    Path::from(format!(
+        "data/events/tenant={tenant}/recording={recording}/{part}.parquet"
+    ))
+}
+
+pub fn upload_dir(tenant: &str, upload: &str) -> Path {
+    Path::from(format!("staging/tenant={tenant}/upload={upload}"))
+}
+
+pub fn upload_part(tenant: &str, upload: &str, offset: u64) -> Path {
+    Path::from(format!(
+        "staging/tenant={tenant}/upload={upload}/{offset:020}.part"
+    ))
+}
+
+/// The offset of a staged part from its file name.
+pub fn upload_part_offset(path: &Path) -> Option<u64> {
+    path.filename()?.strip_suffix(".part")?.parse().ok()
+}

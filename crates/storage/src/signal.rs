@@ -1,0 +1,285 @@
+//! Signal files: one Parquet file per channel and part.
+//!
+//! Columns: `sample_index` (int64, the sample's position in the channel, counting from 0 over
+//! the whole recording) and `value` (the original digital sample: int16 for EDF, int32 holding
+//! int24 for BDF). Row groups hold [`ROWS_PER_GROUP`] samples with min/max statistics, so a
+//! time range becomes a sample range and prunes row groups.
+//!
+//! The column chunks are written by [`crate::delta`] and spliced into the file with parquet's
+//! own file writer, which writes the footer; every Parquet reader reads the result.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, Int16Array, Int32Array, Int64Array};
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, Encoding};
+use parquet::column::page::{CompressedPage, Page, PageWriter};
+use parquet::column::writer::ColumnCloseResult;
+use parquet::file::metadata::{ColumnChunkMetaData, KeyValue};
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
+use parquet::file::statistics::Statistics;
+use parquet::file::writer::{SerializedFileWriter, SerializedPageWriter, TrackedWrite};
+use parquet::schema::types::{ColumnDescPtr, Type};
+
+use crate::delta;
+use crate::{Error, Result};
+
+/// Samples per row group: 64 Ki, about two minutes at 512 Hz.
+pub const ROWS_PER_GROUP: usize = 1 << 16;
+
+/// Key-value metadata key holding the first sample index of the file.
+pub const FIRST_SAMPLE_KEY: &str = "gbrain.first_sample";
+
+/// The stored width of the digital values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SampleWidth {
+    /// EDF: int16.
+    Int16,
+    /// BDF: int24, stored as int32.
+    Int32,
+}
+
+fn schema(width: SampleWidth) -> Result<Arc<Type>> {
+    let bits = match width {
+        SampleWidth::Int16 => 16,
+        SampleWidth::Int32 => 32,
+    };
+    let text = format!(
+        "message signal {{ required int64 sample_index (INTEGER(64,true)); required int32 value \
+         (INTEGER({bits},true)); }}"
+    );
+    Ok(Arc::new(parquet::schema::parser::parse_message_type(&text)?))
+}
+
+/// Writes one signal file, a row group at a time, into memory.
+pub struct SignalFileWriter {
+    writer: SerializedFileWriter<Vec<u8>>,
+    index_column: ColumnDescPtr,
+    value_column: ColumnDescPtr,
+    pending: Vec<i32>,
+    next_index: u64,
+    rows: u64,
+    page: Vec<u8>,
+}
+
+impl SignalFileWriter {
+    /// `first_sample` is the channel-wide index of the first value pushed. `metadata` goes
+    /// into the footer's key-value metadata.
+    pub fn new(width: SampleWidth, first_sample: u64, metadata: Vec<(String, String)>) -> Result<Self> {
+        let schema = schema(width)?;
+        let mut kv: Vec<KeyValue> = metadata
+            .into_iter()
+            .map(|(k, v)| KeyValue::new(k, v))
+            .collect();
+        kv.push(KeyValue::new(
+            FIRST_SAMPLE_KEY.to_string(),
+            first_sample.to_string(),
+        ));
+        let props = WriterProperties::builder()
+            .set_writer_version(WriterVersion::PARQUET_1_0)
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            .set_created_by(format!("globalbrain {}", env!("CARGO_PKG_VERSION")))
+            .set_key_value_metadata(Some(kv))
+            .build();
+        let writer = SerializedFileWriter::new(Vec::new(), schema, Arc::new(props))?;
+        let descr = writer.schema_descr();
+        let index_column = descr.column(0);
+        let value_column = descr.column(1);
+        Ok(Self {
+            writer,
+            index_column,
+            value_column,
+            pending: Vec::with_capacity(ROWS_PER_GROUP),
+            next_index: first_sample,
+            rows: 0,
+            page: Vec::new(),
+        })
+    }
+
+    /// Appends samples.
+    pub fn push(&mut self, mut values: &[i32]) -> Result<()> {
+        while !values.is_empty() {
+            let room = ROWS_PER_GROUP - self.pending.len();
+            let n = room.min(values.len());
+            self.pending.extend_from_slice(&values[..n]);
+            values = &values[n..];
+            if self.pending.len() == ROWS_PER_GROUP {
+                self.flush_group()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Samples written so far, including buffered ones.
+    pub fn rows(&self) -> u64 {
+        self.rows + self.pending.len() as u64
+    }
+
+    /// Bytes held in memory: the encoded file so far plus buffered samples.
+    pub fn buffered_bytes(&self) -> usize {
+        self.writer.bytes_written() + self.pending.len() * 4
+    }
+
+    /// Writes what is buffered and the footer, and returns the file.
+    pub fn finish(mut self) -> Result<Bytes> {
+        if !self.pending.is_empty() {
+            self.flush_group()?;
+        }
+        let out = self.writer.into_inner()?;
+        Ok(Bytes::from(out))
+    }
+
+    fn flush_group(&mut self) -> Result<()> {
+        let n = self.pending.len();
+        let first = self.next_index as i64;
+
+        self.page.clear();
+        delta::encode_counting_i64(first, n, &mut self.page);
+        let index_stats = Statistics::int64(Some(first), Some(first + n as i64 - 1), None, Some(0), false);
+        let index_chunk = column_chunk(&self.index_column, &self.page, n, index_stats)?;
+
+        self.page.clear();
+        let (min, max) = delta::encode_i32(&self.pending, &mut self.page);
+        let value_stats = Statistics::int32(Some(min), Some(max), None, Some(0), false);
+        let value_chunk = column_chunk(&self.value_column, &self.page, n, value_stats)?;
+
+        let mut group = self.writer.next_row_group()?;
+        group.append_column(&index_chunk.0, index_chunk.1)?;
+        group.append_column(&value_chunk.0, value_chunk.1)?;
+        group.close()?;
+
+        self.rows += n as u64;
+        self.next_index += n as u64;
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+/// Wraps encoded values in a data page and describes the chunk for splicing.
+fn column_chunk(
+    descr: &ColumnDescPtr,
+    values: &[u8],
+    n: usize,
+    stats: Statistics,
+) -> Result<(Bytes, ColumnCloseResult)> {
+    let page = Page::DataPage {
+        buf: Bytes::copy_from_slice(values),
+        num_values: n as u32,
+        encoding: Encoding::DELTA_BINARY_PACKED,
+        def_level_encoding: Encoding::RLE,
+        rep_level_encoding: Encoding::RLE,
+        statistics: Some(stats.clone()),
+    };
+    let mut sink = TrackedWrite::new(Vec::with_capacity(values.len() + 64));
+    {
+        let mut pages = SerializedPageWriter::new(&mut sink);
+        pages.write_page(CompressedPage::new(page, values.len()))?;
+        pages.close()?;
+    }
+    let bytes = Bytes::from(sink.into_inner()?);
+    let len = bytes.len() as i64;
+    let metadata = ColumnChunkMetaData::builder(Arc::clone(descr))
+        .set_encodings(vec![Encoding::DELTA_BINARY_PACKED, Encoding::RLE])
+        .set_num_values(n as i64)
+        .set_compression(Compression::UNCOMPRESSED)
+        .set_total_compressed_size(len)
+        .set_total_uncompressed_size(len)
+        .set_data_page_offset(0)
+        .set_statistics(stats)
+        .build()?;
+    let close = ColumnCloseResult {
+        bytes_written: len as u64,
+        rows_written: n as u64,
+        metadata,
+        bloom_filter: None,
+        column_index: None,
+        offset_index: None,
+    };
+    Ok((bytes, close))
+}
+
+/// Reads a signal file back: its first sample index and every digital value.
+pub fn read_signal_file(bytes: Bytes, path: &str) -> Result<(u64, Vec<i32>)> {
+    let corrupt = |reason: String| Error::Corrupt {
+        path: path.to_string(),
+        reason,
+    };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    let first = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|k| k.key == FIRST_SAMPLE_KEY))
+        .and_then(|k| k.value.as_deref()?.parse::<u64>().ok())
+        .ok_or_else(|| corrupt(format!("no {FIRST_SAMPLE_KEY} metadata")))?;
+    let rows = builder.metadata().file_metadata().num_rows() as usize;
+    let reader = builder.with_batch_size(ROWS_PER_GROUP).build()?;
+    let mut out = Vec::with_capacity(rows);
+    let mut expect = first as i64;
+    for batch in reader {
+        let batch = batch?;
+        let index = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| corrupt("sample_index is not int64".into()))?;
+        if index.len() > 0
+            && (index.value(0) != expect || index.value(index.len() - 1) != expect + index.len() as i64 - 1)
+        {
+            return Err(corrupt(format!(
+                "sample_index is not contiguous from {expect}"
+            )));
+        }
+        expect += index.len() as i64;
+        let col = batch.column(1);
+        if let Some(v) = col.as_any().downcast_ref::<Int16Array>() {
+            out.extend(v.values().iter().map(|x| i32::from(*x)));
+        } else if let Some(v) = col.as_any().downcast_ref::<Int32Array>() {
+            out.extend_from_slice(v.values());
+        } else {
+            return Err(corrupt(format!("value column has type {}", col.data_type())));
+        }
+    }
+    Ok((first, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::DataType;
+
+    #[test]
+    fn round_trips_and_any_reader_sees_int16_values() {
+        let values: Vec<i32> = (0..(ROWS_PER_GROUP * 2 + 1000))
+            .map(|i| ((i as i32 * 7919) % 65536) - 32768)
+            .collect();
+        let mut w = SignalFileWriter::new(SampleWidth::Int16, 1000, vec![("gbrain.channel".into(), "3".into())]).unwrap();
+        w.push(&values[..5]).unwrap();
+        w.push(&values[5..]).unwrap();
+        assert_eq!(w.rows(), values.len() as u64);
+        let bytes = w.finish().unwrap();
+
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone()).unwrap();
+        assert_eq!(builder.metadata().num_row_groups(), 3);
+        let rg = builder.metadata().row_group(1);
+        let stats = rg.column(0).statistics().unwrap();
+        assert_eq!(stats.min_bytes_opt().unwrap(), &(1000i64 + ROWS_PER_GROUP as i64).to_le_bytes());
+        assert_eq!(builder.schema().field(1).data_type(), &DataType::Int16);
+
+        let (first, got) = read_signal_file(bytes, "t").unwrap();
+        assert_eq!(first, 1000);
+        assert_eq!(got, values);
+    }
+
+    #[test]
+    fn round_trips_int24_values_as_int32() {
+        let values: Vec<i32> = vec![-(1 << 23), (1 << 23) - 1, 0, -1, 12345];
+        let mut w = SignalFileWriter::new(SampleWidth::Int32, 0, vec![]).unwrap();
+        w.push(&values).unwrap();
+        let bytes = w.finish().unwrap();
+        let (first, got) = read_signal_file(bytes, "t").unwrap();
+        assert_eq!(first, 0);
+        assert_eq!(got, values);
+    }
+}
