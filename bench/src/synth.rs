@@ -6,7 +6,8 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 /// `std` digital units and clamped to int16. Deterministic for a seed.
 pub fn pink_i16(n: usize, std: f64, seed: u64) -> Vec<i16> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let (mut b0, mut b1, mut b2, mut b3, mut b4, mut b5, mut b6) = (0.0f64, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    let (mut b0, mut b1, mut b2, mut b3, mut b4, mut b5, mut b6) =
+        (0.0f64, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
     let mut out = Vec::with_capacity(n);
     // Kellet's filter has a gain of about 0.11 per unit white std before scaling; 0.11 keeps
     // `std` approximately right.

@@ -217,7 +217,9 @@ impl Authenticator {
                 )
                 .is_some()
             {
-                return Err(Error::Config(format!("tokens[{i}] repeats an earlier token")));
+                return Err(Error::Config(format!(
+                    "tokens[{i}] repeats an earlier token"
+                )));
             }
         }
         Ok(auth)
@@ -390,7 +392,10 @@ mod tests {
             tonic::Code::PermissionDenied
         );
         // sha256("new") is the hash above.
-        assert_eq!(hash_token("new"), "11507a0e2f5e69d5dfa40a62a1bd7b6ee57e6bcd85c67c9b8431b36fff21c437");
+        assert_eq!(
+            hash_token("new"),
+            "11507a0e2f5e69d5dfa40a62a1bd7b6ee57e6bcd85c67c9b8431b36fff21c437"
+        );
         let b = auth.authenticate("new").unwrap();
         assert_eq!(b.tenant.as_str(), "lab-b");
         assert!(auth.authenticate("secret-b").is_none());
@@ -398,7 +403,10 @@ mod tests {
         assert!(!policy.deid.keep_age);
         assert!(policy.deid.keep_sex);
         assert_eq!(policy.deid.dates, crate::tenant::DatePolicy::Keep);
-        assert_eq!(auth.policy(&TenantId::new("other").unwrap()), TenantPolicy::default());
+        assert_eq!(
+            auth.policy(&TenantId::new("other").unwrap()),
+            TenantPolicy::default()
+        );
     }
 
     #[test]
@@ -420,7 +428,10 @@ mod tests {
     fn checks_the_authorization_header() {
         let auth = Authenticator::single("tok", TenantId::new("demo").unwrap());
         let ok = http::HeaderValue::from_static("Bearer tok");
-        assert_eq!(auth.check_header(Some(&ok)).unwrap().tenant.as_str(), "demo");
+        assert_eq!(
+            auth.check_header(Some(&ok)).unwrap().tenant.as_str(),
+            "demo"
+        );
         for bad in ["Bearer nope", "tok", "Basic dG9r"] {
             let v = http::HeaderValue::from_str(bad).unwrap();
             assert_eq!(

@@ -81,7 +81,12 @@ pub enum LogFormat {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// gRPC endpoint of the cluster.
-    #[arg(long, env = "GBRAIN_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
+    #[arg(
+        long,
+        env = "GBRAIN_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
     pub server: String,
 
     /// Bearer token.

@@ -59,12 +59,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     } = args;
 
     for name in &service_names {
-        health.set_service_status(name, ServingStatus::Serving).await;
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
     }
-    let health_service =
-        tonic_health::pb::health_server::HealthServer::new(HealthService::from_health_reporter(
-            health.clone(),
-        ));
+    let health_service = tonic_health::pb::health_server::HealthServer::new(
+        HealthService::from_health_reporter(health.clone()),
+    );
 
     let mut reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
@@ -103,7 +104,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         async move {
             shutdown.cancelled().await;
             tracing::info!("shutting down: reporting NOT_SERVING");
-            health.set_service_status("", ServingStatus::NotServing).await;
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
             for name in &service_names {
                 health
                     .set_service_status(name, ServingStatus::NotServing)

@@ -11,4 +11,5 @@ pub mod ingest {
 }
 
 /// The encoded file descriptor set of every proto above, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("globalbrain_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("globalbrain_descriptor");

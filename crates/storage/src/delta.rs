@@ -167,7 +167,11 @@ mod tests {
                         }
                     })
                     .collect();
-                assert_eq!(round_trip(&values, n as u64 * 3), values, "n={n} spread={spread}");
+                assert_eq!(
+                    round_trip(&values, n as u64 * 3),
+                    values,
+                    "n={n} spread={spread}"
+                );
             }
         }
     }
@@ -176,6 +180,9 @@ mod tests {
     fn reports_min_and_max() {
         let mut out = Vec::new();
         assert_eq!(super::encode_i32(&[5, -3, 9, 0], &mut out), (-3, 9));
-        assert_eq!(super::encode_i32(&[i32::MIN, i32::MAX], &mut out), (i32::MIN, i32::MAX));
+        assert_eq!(
+            super::encode_i32(&[i32::MIN, i32::MAX], &mut out),
+            (i32::MIN, i32::MAX)
+        );
     }
 }

@@ -170,6 +170,9 @@ mod tests {
         ];
         let bytes = write_events(&rows).unwrap();
         let back = read_events(bytes, "t").unwrap();
-        assert_eq!(back, vec![rows[2].clone(), rows[0].clone(), rows[1].clone()]);
+        assert_eq!(
+            back,
+            vec![rows[2].clone(), rows[0].clone(), rows[1].clone()]
+        );
     }
 }

@@ -10,7 +10,9 @@
 use object_store::path::Path;
 
 pub fn recording_signals(tenant: &str, recording: &str) -> Path {
-    Path::from(format!("data/signals/tenant={tenant}/recording={recording}"))
+    Path::from(format!(
+        "data/signals/tenant={tenant}/recording={recording}"
+    ))
 }
 
 pub fn signal_part(tenant: &str, recording: &str, channel: u32, part: u32) -> Path {

@@ -49,7 +49,9 @@ fn schema(width: SampleWidth) -> Result<Arc<Type>> {
         "message signal {{ required int64 sample_index (INTEGER(64,true)); required int32 value \
          (INTEGER({bits},true)); }}"
     );
-    Ok(Arc::new(parquet::schema::parser::parse_message_type(&text)?))
+    Ok(Arc::new(parquet::schema::parser::parse_message_type(
+        &text,
+    )?))
 }
 
 /// Writes one signal file, a row group at a time, into memory.
@@ -66,7 +68,11 @@ pub struct SignalFileWriter {
 impl SignalFileWriter {
     /// `first_sample` is the channel-wide index of the first value pushed. `metadata` goes
     /// into the footer's key-value metadata.
-    pub fn new(width: SampleWidth, first_sample: u64, metadata: Vec<(String, String)>) -> Result<Self> {
+    pub fn new(
+        width: SampleWidth,
+        first_sample: u64,
+        metadata: Vec<(String, String)>,
+    ) -> Result<Self> {
         let schema = schema(width)?;
         let mut kv: Vec<KeyValue> = metadata
             .into_iter()
@@ -136,7 +142,13 @@ impl SignalFileWriter {
 
         self.page.clear();
         delta::encode_counting_i64(first, n, &mut self.page);
-        let index_stats = Statistics::int64(Some(first), Some(first + n as i64 - 1), None, Some(0), false);
+        let index_stats = Statistics::int64(
+            Some(first),
+            Some(first + n as i64 - 1),
+            None,
+            Some(0),
+            false,
+        );
         let index_chunk = column_chunk(&self.index_column, &self.page, n, index_stats)?;
 
         self.page.clear();
@@ -225,7 +237,8 @@ pub fn read_signal_file(bytes: Bytes, path: &str) -> Result<(u64, Vec<i32>)> {
             .downcast_ref::<Int64Array>()
             .ok_or_else(|| corrupt("sample_index is not int64".into()))?;
         if index.len() > 0
-            && (index.value(0) != expect || index.value(index.len() - 1) != expect + index.len() as i64 - 1)
+            && (index.value(0) != expect
+                || index.value(index.len() - 1) != expect + index.len() as i64 - 1)
         {
             return Err(corrupt(format!(
                 "sample_index is not contiguous from {expect}"
@@ -238,7 +251,10 @@ pub fn read_signal_file(bytes: Bytes, path: &str) -> Result<(u64, Vec<i32>)> {
         } else if let Some(v) = col.as_any().downcast_ref::<Int32Array>() {
             out.extend_from_slice(v.values());
         } else {
-            return Err(corrupt(format!("value column has type {}", col.data_type())));
+            return Err(corrupt(format!(
+                "value column has type {}",
+                col.data_type()
+            )));
         }
     }
     Ok((first, out))
@@ -254,7 +270,12 @@ mod tests {
         let values: Vec<i32> = (0..(ROWS_PER_GROUP * 2 + 1000))
             .map(|i| ((i as i32 * 7919) % 65536) - 32768)
             .collect();
-        let mut w = SignalFileWriter::new(SampleWidth::Int16, 1000, vec![("gbrain.channel".into(), "3".into())]).unwrap();
+        let mut w = SignalFileWriter::new(
+            SampleWidth::Int16,
+            1000,
+            vec![("gbrain.channel".into(), "3".into())],
+        )
+        .unwrap();
         w.push(&values[..5]).unwrap();
         w.push(&values[5..]).unwrap();
         assert_eq!(w.rows(), values.len() as u64);
@@ -264,7 +285,10 @@ mod tests {
         assert_eq!(builder.metadata().num_row_groups(), 3);
         let rg = builder.metadata().row_group(1);
         let stats = rg.column(0).statistics().unwrap();
-        assert_eq!(stats.min_bytes_opt().unwrap(), &(1000i64 + ROWS_PER_GROUP as i64).to_le_bytes());
+        assert_eq!(
+            stats.min_bytes_opt().unwrap(),
+            &(1000i64 + ROWS_PER_GROUP as i64).to_le_bytes()
+        );
         assert_eq!(builder.schema().field(1).data_type(), &DataType::Int16);
 
         let (first, got) = read_signal_file(bytes, "t").unwrap();

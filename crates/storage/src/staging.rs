@@ -35,7 +35,13 @@ impl Staging {
         Self { store }
     }
 
-    pub async fn put_part(&self, tenant: &str, upload: &str, offset: u64, data: Bytes) -> Result<()> {
+    pub async fn put_part(
+        &self,
+        tenant: &str,
+        upload: &str,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<()> {
         let path = layout::upload_part(tenant, upload, offset);
         self.store.put(&path, PutPayload::from(data)).await?;
         Ok(())
@@ -75,7 +81,12 @@ impl Staging {
 
     /// Bytes held contiguously from the start.
     pub async fn received(&self, tenant: &str, upload: &str) -> Result<u64> {
-        Ok(self.parts(tenant, upload).await?.iter().map(|p| p.len).sum())
+        Ok(self
+            .parts(tenant, upload)
+            .await?
+            .iter()
+            .map(|p| p.len)
+            .sum())
     }
 
     /// Deletes every part of an upload.
@@ -161,10 +172,19 @@ mod tests {
     #[tokio::test]
     async fn holds_the_contiguous_prefix_and_streams_it_back() {
         let staging = Staging::new(Arc::new(InMemory::new()));
-        staging.put_part("t", "u", 0, Bytes::from_static(b"hello ")).await.unwrap();
-        staging.put_part("t", "u", 6, Bytes::from_static(b"world")).await.unwrap();
+        staging
+            .put_part("t", "u", 0, Bytes::from_static(b"hello "))
+            .await
+            .unwrap();
+        staging
+            .put_part("t", "u", 6, Bytes::from_static(b"world"))
+            .await
+            .unwrap();
         // A part after a gap is not counted.
-        staging.put_part("t", "u", 100, Bytes::from_static(b"x")).await.unwrap();
+        staging
+            .put_part("t", "u", 100, Bytes::from_static(b"x"))
+            .await
+            .unwrap();
         assert_eq!(staging.received("t", "u").await.unwrap(), 11);
         assert_eq!(staging.received("t", "other").await.unwrap(), 0);
 

@@ -53,8 +53,8 @@ pub fn aws_options(env: impl Iterator<Item = (String, String)>) -> Vec<(String, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use object_store::{ObjectStoreExt, PutPayload};
     use object_store::path::Path;
+    use object_store::{ObjectStoreExt, PutPayload};
 
     #[tokio::test]
     async fn opens_a_local_store_and_rejects_other_schemes() {

@@ -51,8 +51,8 @@ fn parse_one(tal: &[u8], field: &dyn Fn() -> String) -> Result<Tal> {
         Error::invalid(
             field(),
             format!(
-                "TAL {:?} has no 0x14 byte after its onset",
-                String::from_utf8_lossy(tal)
+                "TAL of {} bytes has no 0x14 byte after its onset",
+                tal.len()
             ),
         )
     })?;
@@ -61,21 +61,22 @@ fn parse_one(tal: &[u8], field: &dyn Fn() -> String) -> Result<Tal> {
         Some(p) => (&time[..p], Some(&time[p + 1..])),
         None => (time, None),
     };
-    let onset_text = String::from_utf8_lossy(onset_bytes);
+    // Annotations can hold names: echo a field only when it looks like a number.
+    let onset_text = numeric_or_len(onset_bytes);
     let sign = match onset_bytes.first() {
         Some(b'+') => 1.0,
         Some(b'-') => -1.0,
         _ => {
             return Err(Error::invalid(
                 field(),
-                format!("TAL onset {onset_text:?} must start with '+' or '-'"),
+                format!("TAL onset {onset_text} must start with '+' or '-'"),
             ));
         }
     };
     let onset = parse_unsigned(&onset_bytes[1..]).ok_or_else(|| {
         Error::invalid(
             field(),
-            format!("TAL onset {onset_text:?} is not a decimal number"),
+            format!("TAL onset {onset_text} is not a decimal number"),
         )
     })? * sign;
     let duration = match duration_bytes {
@@ -84,8 +85,8 @@ fn parse_one(tal: &[u8], field: &dyn Fn() -> String) -> Result<Tal> {
             Error::invalid(
                 field(),
                 format!(
-                    "TAL duration {:?} is not an unsigned decimal number",
-                    String::from_utf8_lossy(d)
+                    "TAL duration {} is not an unsigned decimal number",
+                    numeric_or_len(d)
                 ),
             )
         })?),
@@ -108,6 +109,19 @@ fn parse_one(tal: &[u8], field: &dyn Fn() -> String) -> Result<Tal> {
         duration,
         texts,
     })
+}
+
+/// `"12.5"` when the bytes look numeric, else `(7 bytes)`, so that error messages never
+/// repeat free text.
+fn numeric_or_len(b: &[u8]) -> String {
+    if b.len() <= 24
+        && b.iter()
+            .all(|c| c.is_ascii_digit() || matches!(c, b'+' | b'-' | b'.'))
+    {
+        format!("{:?}", String::from_utf8_lossy(b))
+    } else {
+        format!("({} bytes)", b.len())
+    }
 }
 
 fn parse_unsigned(b: &[u8]) -> Option<f64> {

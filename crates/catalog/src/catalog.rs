@@ -1,0 +1,817 @@
+//! The catalog over sqlx's `Any` driver: one code path for SQLite and PostgreSQL. Statements
+//! use `$N` placeholders, which both drivers bind by number.
+
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
+
+use crate::model::{
+    ChannelRow, DataFileRow, FileKind, NewRecording, Participant, PendingWrite, RecordingRow,
+    SegmentRow, UploadRow,
+};
+use crate::schema::migrations;
+use crate::{Error, Result};
+
+/// Which database is underneath.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// What a commit did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    Committed,
+    /// The tenant already has a recording of these bytes; nothing was committed.
+    Duplicate {
+        recording_id: String,
+    },
+}
+
+/// What an event append did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    Appended {
+        total_events: i64,
+    },
+    /// The idempotency key was used before; nothing was appended.
+    Duplicate {
+        total_events: i64,
+    },
+    /// No such recording for this tenant.
+    UnknownRecording,
+}
+
+/// The catalog. Cheap to clone: it is a connection pool.
+#[derive(Clone, Debug)]
+pub struct Catalog {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+const RECORDING_COLUMNS: &str = "tenant, recording_id, source_sha256, subject_pseudonym, session, \
+    task, run, acquisition, datatype, format, start_time_ns, duration_s, record_duration_s, \
+    record_duration_text, num_records, source_bytes, stored_bytes, sex, age_years, num_signals, \
+    num_annotation_signals, num_samples, num_events, patient_field, recording_field, \
+    warnings_json, sidecar_json, ingested_ns";
+
+const CHANNEL_COLUMNS: &str = "channel_index, label, channel_type, unit, transducer, \
+    prefiltering, reserved, sample_rate, samples_per_record, physical_min, physical_max, \
+    physical_min_text, physical_max_text, digital_min, digital_max, gain, phys_offset, \
+    num_samples, is_annotation";
+
+impl Catalog {
+    /// Connects and brings the schema up to date. `url` is `sqlite://...` (created if
+    /// missing; `sqlite::memory:` for tests) or `postgres://...`, optionally with
+    /// `?schema=NAME` to keep the tables in their own schema.
+    pub async fn connect(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let (url, dialect, schema) = normalize(url)?;
+        let memory = url.contains(":memory:");
+        let mut options = AnyPoolOptions::new()
+            .max_connections(if memory { 1 } else { 8 })
+            .acquire_timeout(Duration::from_secs(30));
+        if memory {
+            // Every connection to :memory: is a new database: keep the one.
+            options = options.idle_timeout(None).max_lifetime(None);
+        }
+        let options = options.after_connect(move |conn, _meta| {
+            let schema = schema.clone();
+            Box::pin(async move {
+                match dialect {
+                    Dialect::Sqlite => {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    }
+                    Dialect::Postgres => {
+                        if let Some(s) = schema {
+                            sqlx::raw_sql(AssertSqlSafe(format!(
+                                "CREATE SCHEMA IF NOT EXISTS \"{s}\""
+                            )))
+                            .execute(&mut *conn)
+                            .await?;
+                            sqlx::raw_sql(AssertSqlSafe(format!("SET search_path TO \"{s}\"")))
+                                .execute(&mut *conn)
+                                .await?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+        });
+        let pool = options.connect(&url).await?;
+        let catalog = Self { pool, dialect };
+        catalog.migrate().await?;
+        Ok(catalog)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        if self.dialect == Dialect::Postgres {
+            // Several servers may start at once against one database.
+            tx.execute("SELECT pg_advisory_xact_lock(7474746)").await?;
+        }
+        tx.execute("CREATE TABLE IF NOT EXISTS gb_schema_version (version BIGINT NOT NULL)")
+            .await?;
+        let current: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM gb_schema_version")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("v")?;
+        let current = current.unwrap_or(0);
+        for (i, statements) in migrations(self.dialect).into_iter().enumerate() {
+            let version = i as i64 + 1;
+            if version <= current {
+                continue;
+            }
+            for s in statements {
+                sqlx::raw_sql(AssertSqlSafe(s)).execute(&mut *tx).await?;
+            }
+            sqlx::query("INSERT INTO gb_schema_version (version) VALUES ($1)")
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+            tracing::info!(version, "catalog schema migrated");
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The tenant's pseudonym key, creating it with `generate` the first time. Concurrent
+    /// callers agree on one key.
+    pub async fn tenant_key(
+        &self,
+        tenant: &str,
+        now_ns: i64,
+        generate: impl FnOnce() -> String,
+    ) -> Result<String> {
+        if let Some(k) = self.get_tenant_key(tenant).await? {
+            return Ok(k);
+        }
+        let candidate = generate();
+        let insert = sqlx::query(
+            "INSERT INTO tenant_keys (tenant, key_hex, created_ns) VALUES ($1, $2, $3)",
+        )
+        .bind(tenant)
+        .bind(&candidate)
+        .bind(now_ns)
+        .execute(&self.pool)
+        .await;
+        match insert {
+            Ok(_) => Ok(candidate),
+            Err(e) if is_unique_violation(&e) => self
+                .get_tenant_key(tenant)
+                .await?
+                .ok_or_else(|| Error::Corrupt(format!("tenant key for {tenant} vanished"))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get_tenant_key(&self, tenant: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT key_hex FROM tenant_keys WHERE tenant = $1")
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("key_hex")).transpose()?)
+    }
+
+    /// Registers an upload. If the tenant already has one with this id, returns it unchanged.
+    pub async fn create_upload(&self, upload: &UploadRow) -> Result<UploadRow> {
+        let insert = sqlx::query(
+            "INSERT INTO uploads (tenant, upload_id, metadata_json, size_bytes, created_ns, \
+             recording_id) VALUES ($1, $2, $3, $4, $5, NULL)",
+        )
+        .bind(&upload.tenant)
+        .bind(&upload.upload_id)
+        .bind(&upload.metadata_json)
+        .bind(upload.size_bytes)
+        .bind(upload.created_ns)
+        .execute(&self.pool)
+        .await;
+        match insert {
+            Ok(_) => Ok(upload.clone()),
+            Err(e) if is_unique_violation(&e) => self
+                .get_upload(&upload.tenant, &upload.upload_id)
+                .await?
+                .ok_or_else(|| Error::Corrupt("upload vanished".into())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn get_upload(&self, tenant: &str, upload_id: &str) -> Result<Option<UploadRow>> {
+        let row = sqlx::query(
+            "SELECT tenant, upload_id, metadata_json, size_bytes, created_ns, recording_id \
+             FROM uploads WHERE tenant = $1 AND upload_id = $2",
+        )
+        .bind(tenant)
+        .bind(upload_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| upload_from(&r)).transpose()
+    }
+
+    /// Uploads created before `before_ns` that never committed.
+    pub async fn expired_uploads(&self, before_ns: i64) -> Result<Vec<UploadRow>> {
+        let rows = sqlx::query(
+            "SELECT tenant, upload_id, metadata_json, size_bytes, created_ns, recording_id \
+             FROM uploads WHERE created_ns < $1 AND recording_id IS NULL",
+        )
+        .bind(before_ns)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(upload_from).collect()
+    }
+
+    pub async fn delete_upload(&self, tenant: &str, upload_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM uploads WHERE tenant = $1 AND upload_id = $2")
+            .bind(tenant)
+            .bind(upload_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks an upload as done with an existing recording (a duplicate upload).
+    pub async fn finish_upload(
+        &self,
+        tenant: &str,
+        upload_id: &str,
+        recording_id: &str,
+    ) -> Result<()> {
+        sqlx::query("UPDATE uploads SET recording_id = $1 WHERE tenant = $2 AND upload_id = $3")
+            .bind(recording_id)
+            .bind(tenant)
+            .bind(upload_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Lists the object prefixes about to be written, before writing them.
+    pub async fn begin_write(&self, write: &PendingWrite) -> Result<()> {
+        let prefixes =
+            serde_json::to_string(&write.prefixes).map_err(|e| Error::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO pending_writes (write_id, tenant, prefixes_json, created_ns) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&write.write_id)
+        .bind(&write.tenant)
+        .bind(prefixes)
+        .bind(write.created_ns)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets a pending write whose objects were deleted.
+    pub async fn end_write(&self, write_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM pending_writes WHERE write_id = $1")
+            .bind(write_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Pending writes older than `before_ns`: their commit never came.
+    pub async fn abandoned_writes(&self, before_ns: i64) -> Result<Vec<PendingWrite>> {
+        let rows = sqlx::query(
+            "SELECT write_id, tenant, prefixes_json, created_ns FROM pending_writes \
+             WHERE created_ns < $1",
+        )
+        .bind(before_ns)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let prefixes: String = r.try_get("prefixes_json")?;
+                Ok(PendingWrite {
+                    write_id: r.try_get("write_id")?,
+                    tenant: r.try_get("tenant")?,
+                    prefixes: serde_json::from_str(&prefixes)
+                        .map_err(|e| Error::Corrupt(e.to_string()))?,
+                    created_ns: r.try_get("created_ns")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The recording with these source bytes, if the tenant has one.
+    pub async fn find_by_checksum(&self, tenant: &str, sha256: &str) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT recording_id FROM recordings WHERE tenant = $1 AND source_sha256 = $2",
+        )
+        .bind(tenant)
+        .bind(sha256)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get("recording_id")).transpose()?)
+    }
+
+    /// Makes a recording visible: the recording, its channels, segments and files, the upload
+    /// marked done and the pending write cleared, in one transaction.
+    pub async fn commit_recording(&self, rec: &NewRecording) -> Result<CommitOutcome> {
+        let r = &rec.row;
+        let mut tx = self.pool.begin().await?;
+        let warnings =
+            serde_json::to_string(&r.warnings).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let insert = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO recordings ({RECORDING_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, \
+             $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, \
+             $25, $26, $27, $28)"
+        )))
+        .bind(&r.tenant)
+        .bind(&r.recording_id)
+        .bind(&r.source_sha256)
+        .bind(&r.subject_pseudonym)
+        .bind(&r.session)
+        .bind(&r.task)
+        .bind(&r.run)
+        .bind(&r.acquisition)
+        .bind(&r.datatype)
+        .bind(&r.format)
+        .bind(r.start_time_ns)
+        .bind(r.duration_s)
+        .bind(r.record_duration_s)
+        .bind(&r.record_duration_text)
+        .bind(r.num_records)
+        .bind(r.source_bytes)
+        .bind(r.stored_bytes)
+        .bind(&r.sex)
+        .bind(r.age_years)
+        .bind(r.num_signals)
+        .bind(r.num_annotation_signals)
+        .bind(r.num_samples)
+        .bind(r.num_events)
+        .bind(&r.patient_field)
+        .bind(&r.recording_field)
+        .bind(warnings)
+        .bind(&r.sidecar_json)
+        .bind(r.ingested_ns)
+        .execute(&mut *tx)
+        .await;
+        if let Err(e) = insert {
+            if is_unique_violation(&e) {
+                tx.rollback().await?;
+                return match self.find_by_checksum(&r.tenant, &r.source_sha256).await? {
+                    Some(id) => Ok(CommitOutcome::Duplicate { recording_id: id }),
+                    None => Err(e.into()),
+                };
+            }
+            return Err(e.into());
+        }
+        for c in &rec.channels {
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO channels (tenant, recording_id, {CHANNEL_COLUMNS}) VALUES ($1, $2, \
+                 $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+                 $20, $21)"
+            )))
+            .bind(&r.tenant)
+            .bind(&r.recording_id)
+            .bind(c.channel_index)
+            .bind(&c.label)
+            .bind(&c.channel_type)
+            .bind(&c.unit)
+            .bind(&c.transducer)
+            .bind(&c.prefiltering)
+            .bind(&c.reserved)
+            .bind(c.sample_rate)
+            .bind(c.samples_per_record)
+            .bind(c.physical_min)
+            .bind(c.physical_max)
+            .bind(&c.physical_min_text)
+            .bind(&c.physical_max_text)
+            .bind(c.digital_min)
+            .bind(c.digital_max)
+            .bind(c.gain)
+            .bind(c.offset)
+            .bind(c.num_samples)
+            .bind(i64::from(c.is_annotation))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for s in &rec.segments {
+            sqlx::query(
+                "INSERT INTO segments (tenant, recording_id, segment_index, first_record, \
+                 num_records, onset_s) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&r.tenant)
+            .bind(&r.recording_id)
+            .bind(s.segment_index)
+            .bind(s.first_record)
+            .bind(s.num_records)
+            .bind(s.onset_s)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for f in &rec.files {
+            insert_file(&mut tx, &r.tenant, &r.recording_id, f).await?;
+        }
+        if let Some(upload) = &rec.upload_id {
+            sqlx::query(
+                "UPDATE uploads SET recording_id = $1 WHERE tenant = $2 AND upload_id = $3",
+            )
+            .bind(&r.recording_id)
+            .bind(&r.tenant)
+            .bind(upload)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM pending_writes WHERE write_id = $1")
+            .bind(&rec.write_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(CommitOutcome::Committed)
+    }
+
+    pub async fn get_recording(
+        &self,
+        tenant: &str,
+        recording_id: &str,
+    ) -> Result<Option<RecordingRow>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RECORDING_COLUMNS} FROM recordings WHERE tenant = $1 AND recording_id = $2"
+        )))
+        .bind(tenant)
+        .bind(recording_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| recording_from(&r)).transpose()
+    }
+
+    /// Recordings in id order, after `after` if given.
+    pub async fn list_recordings(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<RecordingRow>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RECORDING_COLUMNS} FROM recordings WHERE tenant = $1 AND recording_id > $2 \
+             ORDER BY recording_id LIMIT $3"
+        )))
+        .bind(tenant)
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(recording_from).collect()
+    }
+
+    pub async fn channels(&self, tenant: &str, recording_id: &str) -> Result<Vec<ChannelRow>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {CHANNEL_COLUMNS} FROM channels WHERE tenant = $1 AND recording_id = $2 \
+             ORDER BY channel_index"
+        )))
+        .bind(tenant)
+        .bind(recording_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ChannelRow {
+                    channel_index: r.try_get("channel_index")?,
+                    label: r.try_get("label")?,
+                    channel_type: r.try_get("channel_type")?,
+                    unit: r.try_get("unit")?,
+                    transducer: r.try_get("transducer")?,
+                    prefiltering: r.try_get("prefiltering")?,
+                    reserved: r.try_get("reserved")?,
+                    sample_rate: r.try_get("sample_rate")?,
+                    samples_per_record: r.try_get("samples_per_record")?,
+                    physical_min: r.try_get("physical_min")?,
+                    physical_max: r.try_get("physical_max")?,
+                    physical_min_text: r.try_get("physical_min_text")?,
+                    physical_max_text: r.try_get("physical_max_text")?,
+                    digital_min: r.try_get("digital_min")?,
+                    digital_max: r.try_get("digital_max")?,
+                    gain: r.try_get("gain")?,
+                    offset: r.try_get("phys_offset")?,
+                    num_samples: r.try_get("num_samples")?,
+                    is_annotation: r.try_get::<i64, _>("is_annotation")? != 0,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn segments(&self, tenant: &str, recording_id: &str) -> Result<Vec<SegmentRow>> {
+        let rows = sqlx::query(
+            "SELECT segment_index, first_record, num_records, onset_s FROM segments \
+             WHERE tenant = $1 AND recording_id = $2 ORDER BY segment_index",
+        )
+        .bind(tenant)
+        .bind(recording_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SegmentRow {
+                    segment_index: r.try_get("segment_index")?,
+                    first_record: r.try_get("first_record")?,
+                    num_records: r.try_get("num_records")?,
+                    onset_s: r.try_get("onset_s")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The recording's files of one kind, signal files by channel then first sample.
+    pub async fn files(
+        &self,
+        tenant: &str,
+        recording_id: &str,
+        kind: FileKind,
+    ) -> Result<Vec<DataFileRow>> {
+        let rows = sqlx::query(
+            "SELECT path, kind, channel_index, first_row, num_rows, size_bytes FROM data_files \
+             WHERE tenant = $1 AND recording_id = $2 AND kind = $3 \
+             ORDER BY channel_index, first_row, path",
+        )
+        .bind(tenant)
+        .bind(recording_id)
+        .bind(kind.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let kind: String = r.try_get("kind")?;
+                Ok(DataFileRow {
+                    path: r.try_get("path")?,
+                    kind: FileKind::parse(&kind)
+                        .ok_or_else(|| Error::Corrupt(format!("file kind {kind:?}")))?,
+                    channel_index: r.try_get("channel_index")?,
+                    first_row: r.try_get("first_row")?,
+                    num_rows: r.try_get("num_rows")?,
+                    size_bytes: r.try_get("size_bytes")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Attaches an events file to a recording and bumps its event count, in one transaction,
+    /// clearing the pending write. With an idempotency key that was used before, nothing
+    /// changes.
+    pub async fn append_events(
+        &self,
+        tenant: &str,
+        recording_id: &str,
+        file: &DataFileRow,
+        idempotency_key: Option<&str>,
+        write_id: &str,
+    ) -> Result<AppendOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let exists = sqlx::query(
+            "SELECT num_events FROM recordings WHERE tenant = $1 AND recording_id = $2",
+        )
+        .bind(tenant)
+        .bind(recording_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(exists) = exists else {
+            tx.rollback().await?;
+            return Ok(AppendOutcome::UnknownRecording);
+        };
+        let before: i64 = exists.try_get("num_events")?;
+        if let Some(key) = idempotency_key {
+            let insert = sqlx::query(
+                "INSERT INTO event_appends (tenant, recording_id, idempotency_key, num_events) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(tenant)
+            .bind(recording_id)
+            .bind(key)
+            .bind(file.num_rows)
+            .execute(&mut *tx)
+            .await;
+            if let Err(e) = insert {
+                if is_unique_violation(&e) {
+                    tx.rollback().await?;
+                    return Ok(AppendOutcome::Duplicate {
+                        total_events: before,
+                    });
+                }
+                return Err(e.into());
+            }
+        }
+        insert_file(&mut tx, tenant, recording_id, file).await?;
+        sqlx::query(
+            "UPDATE recordings SET num_events = num_events + $1, stored_bytes = stored_bytes + $2 \
+             WHERE tenant = $3 AND recording_id = $4",
+        )
+        .bind(file.num_rows)
+        .bind(file.size_bytes)
+        .bind(tenant)
+        .bind(recording_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM pending_writes WHERE write_id = $1")
+            .bind(write_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(AppendOutcome::Appended {
+            total_events: before + file.num_rows,
+        })
+    }
+
+    /// Inserts or replaces participants.
+    pub async fn put_participants(
+        &self,
+        tenant: &str,
+        rows: &[Participant],
+        now_ns: i64,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for p in rows {
+            sqlx::query("DELETE FROM participants WHERE tenant = $1 AND subject_pseudonym = $2")
+                .bind(tenant)
+                .bind(&p.subject_pseudonym)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO participants (tenant, subject_pseudonym, dataset, attributes_json, \
+                 updated_ns) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(tenant)
+            .bind(&p.subject_pseudonym)
+            .bind(&p.dataset)
+            .bind(&p.attributes_json)
+            .bind(now_ns)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn participants(&self, tenant: &str) -> Result<Vec<Participant>> {
+        let rows = sqlx::query(
+            "SELECT subject_pseudonym, dataset, attributes_json FROM participants \
+             WHERE tenant = $1 ORDER BY subject_pseudonym",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Participant {
+                    subject_pseudonym: r.try_get("subject_pseudonym")?,
+                    dataset: r.try_get("dataset")?,
+                    attributes_json: r.try_get("attributes_json")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+async fn insert_file(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tenant: &str,
+    recording_id: &str,
+    f: &DataFileRow,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO data_files (tenant, recording_id, path, kind, channel_index, first_row, \
+         num_rows, size_bytes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(tenant)
+    .bind(recording_id)
+    .bind(&f.path)
+    .bind(f.kind.as_str())
+    .bind(f.channel_index)
+    .bind(f.first_row)
+    .bind(f.num_rows)
+    .bind(f.size_bytes)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn upload_from(r: &AnyRow) -> Result<UploadRow> {
+    Ok(UploadRow {
+        tenant: r.try_get("tenant")?,
+        upload_id: r.try_get("upload_id")?,
+        metadata_json: r.try_get("metadata_json")?,
+        size_bytes: r.try_get("size_bytes")?,
+        created_ns: r.try_get("created_ns")?,
+        recording_id: r.try_get("recording_id")?,
+    })
+}
+
+fn recording_from(r: &AnyRow) -> Result<RecordingRow> {
+    let warnings: String = r.try_get("warnings_json")?;
+    Ok(RecordingRow {
+        tenant: r.try_get("tenant")?,
+        recording_id: r.try_get("recording_id")?,
+        source_sha256: r.try_get("source_sha256")?,
+        subject_pseudonym: r.try_get("subject_pseudonym")?,
+        session: r.try_get("session")?,
+        task: r.try_get("task")?,
+        run: r.try_get("run")?,
+        acquisition: r.try_get("acquisition")?,
+        datatype: r.try_get("datatype")?,
+        format: r.try_get("format")?,
+        start_time_ns: r.try_get("start_time_ns")?,
+        duration_s: r.try_get("duration_s")?,
+        record_duration_s: r.try_get("record_duration_s")?,
+        record_duration_text: r.try_get("record_duration_text")?,
+        num_records: r.try_get("num_records")?,
+        source_bytes: r.try_get("source_bytes")?,
+        stored_bytes: r.try_get("stored_bytes")?,
+        sex: r.try_get("sex")?,
+        age_years: r.try_get("age_years")?,
+        num_signals: r.try_get("num_signals")?,
+        num_annotation_signals: r.try_get("num_annotation_signals")?,
+        num_samples: r.try_get("num_samples")?,
+        num_events: r.try_get("num_events")?,
+        patient_field: r.try_get("patient_field")?,
+        recording_field: r.try_get("recording_field")?,
+        warnings: serde_json::from_str(&warnings).map_err(|e| Error::Corrupt(e.to_string()))?,
+        sidecar_json: r.try_get("sidecar_json")?,
+        ingested_ns: r.try_get("ingested_ns")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+/// Adds `mode=rwc` to SQLite URLs and takes our own `schema` parameter off PostgreSQL URLs.
+fn normalize(url: &str) -> Result<(String, Dialect, Option<String>)> {
+    let bad = |reason: &str| Error::Url {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    if url.starts_with("sqlite:") {
+        if url.contains(":memory:") || url.contains("mode=") {
+            return Ok((url.to_string(), Dialect::Sqlite, None));
+        }
+        let sep = if url.contains('?') { '&' } else { '?' };
+        return Ok((format!("{url}{sep}mode=rwc"), Dialect::Sqlite, None));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, q),
+            None => (url, ""),
+        };
+        let mut schema = None;
+        let mut rest = Vec::new();
+        for kv in query.split('&').filter(|s| !s.is_empty()) {
+            match kv.split_once('=') {
+                Some(("schema", v)) => {
+                    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                        return Err(bad("schema must be letters, digits and '_'"));
+                    }
+                    schema = Some(v.to_string());
+                }
+                _ => rest.push(kv),
+            }
+        }
+        let url = if rest.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", rest.join("&"))
+        };
+        return Ok((url, Dialect::Postgres, schema));
+    }
+    Err(bad("use sqlite://PATH or postgres://..."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_urls() {
+        assert_eq!(
+            normalize("sqlite:///tmp/c.db").unwrap(),
+            (
+                "sqlite:///tmp/c.db?mode=rwc".to_string(),
+                Dialect::Sqlite,
+                None
+            )
+        );
+        assert_eq!(
+            normalize("postgres://u@h/db?schema=t1&sslmode=disable").unwrap(),
+            (
+                "postgres://u@h/db?sslmode=disable".to_string(),
+                Dialect::Postgres,
+                Some("t1".to_string())
+            )
+        );
+        assert!(normalize("postgres://u@h/db?schema=a;drop").is_err());
+        assert!(normalize("mysql://x").is_err());
+    }
+}

@@ -1,0 +1,15 @@
+/// Catalog errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("catalog database: {0}")]
+    Database(#[from] sqlx::Error),
+
+    #[error("invalid catalog url {url:?}: {reason}")]
+    Url { url: String, reason: String },
+
+    /// A row does not have the shape this code wrote.
+    #[error("corrupt catalog row: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,152 @@
+//! Rows of the catalog.
+
+/// A recording about to be committed, with everything that becomes visible with it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewRecording {
+    pub row: RecordingRow,
+    pub channels: Vec<ChannelRow>,
+    pub segments: Vec<SegmentRow>,
+    pub files: Vec<DataFileRow>,
+    /// The upload this recording came from, marked committed in the same transaction.
+    pub upload_id: Option<String>,
+    /// The pending write that listed this recording's objects, cleared in the same transaction.
+    pub write_id: String,
+}
+
+/// One recording. Times are nanoseconds since the Unix epoch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordingRow {
+    pub tenant: String,
+    pub recording_id: String,
+    pub source_sha256: String,
+    pub subject_pseudonym: String,
+    pub session: Option<String>,
+    pub task: Option<String>,
+    pub run: Option<String>,
+    pub acquisition: Option<String>,
+    pub datatype: Option<String>,
+    /// `EDF`, `EDF+C`, `EDF+D`, `BDF`, `BDF+C`, `BDF+D` or `NONE`.
+    pub format: String,
+    /// Start of the first sample, after the tenant's date policy.
+    pub start_time_ns: Option<i64>,
+    pub duration_s: f64,
+    pub record_duration_s: f64,
+    pub record_duration_text: String,
+    pub num_records: i64,
+    pub source_bytes: i64,
+    pub stored_bytes: i64,
+    pub sex: Option<String>,
+    pub age_years: Option<i64>,
+    pub num_signals: i64,
+    pub num_annotation_signals: i64,
+    pub num_samples: i64,
+    pub num_events: i64,
+    /// The de-identified EDF patient field, as an export writes it.
+    pub patient_field: String,
+    /// The de-identified EDF recording field, as an export writes it.
+    pub recording_field: String,
+    pub warnings: Vec<String>,
+    /// The merged BIDS sidecar, if one came with the upload.
+    pub sidecar_json: Option<String>,
+    pub ingested_ns: i64,
+}
+
+/// One signal of a recording, annotation signals included (they have no samples).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChannelRow {
+    pub channel_index: i64,
+    pub label: String,
+    pub channel_type: String,
+    pub unit: String,
+    pub transducer: String,
+    pub prefiltering: String,
+    pub reserved: String,
+    pub sample_rate: f64,
+    pub samples_per_record: i64,
+    pub physical_min: f64,
+    pub physical_max: f64,
+    pub physical_min_text: String,
+    pub physical_max_text: String,
+    pub digital_min: i64,
+    pub digital_max: i64,
+    /// `physical = digital * gain + offset`.
+    pub gain: f64,
+    pub offset: f64,
+    pub num_samples: i64,
+    pub is_annotation: bool,
+}
+
+/// A run of contiguous records. EDF+D recordings have several.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SegmentRow {
+    pub segment_index: i64,
+    pub first_record: i64,
+    pub num_records: i64,
+    /// Seconds from the recording's start.
+    pub onset_s: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    Signal,
+    Events,
+}
+
+impl FileKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Signal => "signal",
+            Self::Events => "events",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        match s {
+            "signal" => Some(Self::Signal),
+            "events" => Some(Self::Events),
+            _ => None,
+        }
+    }
+}
+
+/// An object holding part of a recording.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataFileRow {
+    pub path: String,
+    pub kind: FileKind,
+    /// For signal files.
+    pub channel_index: Option<i64>,
+    /// First sample index (signal files) or 0.
+    pub first_row: i64,
+    pub num_rows: i64,
+    pub size_bytes: i64,
+}
+
+/// An upload in progress or done.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UploadRow {
+    pub tenant: String,
+    pub upload_id: String,
+    pub metadata_json: String,
+    pub size_bytes: i64,
+    pub created_ns: i64,
+    pub recording_id: Option<String>,
+}
+
+/// Objects written for a commit that has not happened (yet).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingWrite {
+    pub write_id: String,
+    pub tenant: String,
+    /// Object prefixes to delete if the commit never comes.
+    pub prefixes: Vec<String>,
+    pub created_ns: i64,
+}
+
+/// A row of a participants table, keyed by pseudonym.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Participant {
+    pub subject_pseudonym: String,
+    pub dataset: String,
+    pub attributes_json: String,
+}

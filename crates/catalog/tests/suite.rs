@@ -1,0 +1,385 @@
+//! The catalog suite, run against SQLite and against the real PostgreSQL server
+//! (`GBRAIN_TEST_POSTGRES`, default postgres://postgres@127.0.0.1:5432/test), each test in a
+//! schema of its own.
+
+use gbrain_catalog::{
+    AppendOutcome, Catalog, ChannelRow, CommitOutcome, DataFileRow, FileKind, NewRecording,
+    Participant, PendingWrite, RecordingRow, SegmentRow, UploadRow,
+};
+
+struct Db {
+    catalog: Catalog,
+    _dir: Option<tempfile::TempDir>,
+    drop_schema: Option<(String, String)>,
+}
+
+impl Db {
+    async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/catalog.db", dir.path().display());
+        Self {
+            catalog: Catalog::connect(&url).await.unwrap(),
+            _dir: Some(dir),
+            drop_schema: None,
+        }
+    }
+
+    async fn postgres() -> Self {
+        let base = std::env::var("GBRAIN_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+        let schema = format!("gbtest_{}", uuid::Uuid::new_v4().simple());
+        let url = format!("{base}?schema={schema}");
+        let catalog = Catalog::connect(&url).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL at {base} is needed for the catalog suite: {e}")
+        });
+        Self {
+            catalog,
+            _dir: None,
+            drop_schema: Some((base, schema)),
+        }
+    }
+
+    async fn finish(self) {
+        self.catalog.close().await;
+        if let Some((base, schema)) = self.drop_schema {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA \"{schema}\" CASCADE"
+            )))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+    }
+}
+
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                let db = super::Db::sqlite().await;
+                super::$name(&db.catalog).await;
+                db.finish().await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let db = super::Db::postgres().await;
+                super::$name(&db.catalog).await;
+                db.finish().await;
+            }
+        }
+    };
+}
+
+fn recording(tenant: &str, id: &str, sha: &str) -> NewRecording {
+    NewRecording {
+        row: RecordingRow {
+            tenant: tenant.into(),
+            recording_id: id.into(),
+            source_sha256: sha.into(),
+            subject_pseudonym: "gb-abc".into(),
+            session: Some("01".into()),
+            task: Some("rest".into()),
+            run: None,
+            acquisition: None,
+            datatype: Some("eeg".into()),
+            format: "EDF+C".into(),
+            start_time_ns: Some(1_600_000_000_000_000_000),
+            duration_s: 10.0,
+            record_duration_s: 1.0,
+            record_duration_text: "1".into(),
+            num_records: 10,
+            source_bytes: 5000,
+            stored_bytes: 3000,
+            sex: Some("F".into()),
+            age_years: Some(42),
+            num_signals: 1,
+            num_annotation_signals: 1,
+            num_samples: 2560,
+            num_events: 2,
+            patient_field: "gb-abc F X X".into(),
+            recording_field: "Startdate X X X X".into(),
+            warnings: vec!["a warning".into()],
+            sidecar_json: None,
+            ingested_ns: 1,
+        },
+        channels: vec![ChannelRow {
+            channel_index: 0,
+            label: "Fp1".into(),
+            channel_type: "EEG".into(),
+            unit: "uV".into(),
+            transducer: String::new(),
+            prefiltering: "HP:0.1Hz".into(),
+            reserved: String::new(),
+            sample_rate: 256.0,
+            samples_per_record: 256,
+            physical_min: -100.0,
+            physical_max: 100.0,
+            physical_min_text: "-100".into(),
+            physical_max_text: "100".into(),
+            digital_min: -32768,
+            digital_max: 32767,
+            gain: 200.0 / 65535.0,
+            offset: 0.0015,
+            num_samples: 2560,
+            is_annotation: false,
+        }],
+        segments: vec![SegmentRow {
+            segment_index: 0,
+            first_record: 0,
+            num_records: 10,
+            onset_s: 0.0,
+        }],
+        files: vec![DataFileRow {
+            path: format!(
+                "data/signals/tenant={tenant}/recording={id}/channel=00000/part-00000.parquet"
+            ),
+            kind: FileKind::Signal,
+            channel_index: Some(0),
+            first_row: 0,
+            num_rows: 2560,
+            size_bytes: 3000,
+        }],
+        upload_id: None,
+        write_id: format!("w-{id}"),
+    }
+}
+
+async fn tenant_keys_are_created_once(c: &Catalog) {
+    // Connecting again re-runs the migration check against the same database.
+    let key = c.tenant_key("t", 1, || "aa".into()).await.unwrap();
+    assert_eq!(key, "aa");
+    assert_eq!(c.tenant_key("t", 2, || "bb".into()).await.unwrap(), "aa");
+}
+both!(tenant_keys_are_created_once);
+
+async fn commits_atomically_and_deduplicates(c: &Catalog) {
+    let rec = recording("a", "r1", "sha1");
+    c.begin_write(&PendingWrite {
+        write_id: rec.write_id.clone(),
+        tenant: "a".into(),
+        prefixes: vec!["data/signals/tenant=a/recording=r1".into()],
+        created_ns: 10,
+    })
+    .await
+    .unwrap();
+    assert!(c.get_recording("a", "r1").await.unwrap().is_none());
+    assert_eq!(c.abandoned_writes(11).await.unwrap().len(), 1);
+
+    assert_eq!(
+        c.commit_recording(&rec).await.unwrap(),
+        CommitOutcome::Committed
+    );
+    let got = c.get_recording("a", "r1").await.unwrap().unwrap();
+    assert_eq!(got, rec.row);
+    assert_eq!(c.channels("a", "r1").await.unwrap(), rec.channels);
+    assert_eq!(c.segments("a", "r1").await.unwrap(), rec.segments);
+    assert_eq!(
+        c.files("a", "r1", FileKind::Signal).await.unwrap(),
+        rec.files
+    );
+    assert!(
+        c.abandoned_writes(i64::MAX).await.unwrap().is_empty(),
+        "commit clears the write"
+    );
+    assert_eq!(
+        c.find_by_checksum("a", "sha1").await.unwrap().as_deref(),
+        Some("r1")
+    );
+
+    // The same bytes again under another id: the first recording wins, nothing new appears.
+    let mut again = recording("a", "r2", "sha1");
+    again.files[0].path.push_str(".2");
+    assert_eq!(
+        c.commit_recording(&again).await.unwrap(),
+        CommitOutcome::Duplicate {
+            recording_id: "r1".into()
+        }
+    );
+    assert!(c.get_recording("a", "r2").await.unwrap().is_none());
+    assert!(c.channels("a", "r2").await.unwrap().is_empty());
+}
+both!(commits_atomically_and_deduplicates);
+
+async fn tenants_never_see_each_other(c: &Catalog) {
+    c.commit_recording(&recording("a", "r1", "sha1"))
+        .await
+        .unwrap();
+    // Tenant b may store the same bytes: checksums are per tenant.
+    assert_eq!(
+        c.commit_recording(&recording("b", "r9", "sha1"))
+            .await
+            .unwrap(),
+        CommitOutcome::Committed
+    );
+    assert!(c.get_recording("b", "r1").await.unwrap().is_none());
+    assert!(c.channels("b", "r1").await.unwrap().is_empty());
+    assert!(
+        c.files("b", "r1", FileKind::Signal)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let listed: Vec<String> = c
+        .list_recordings("b", None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.recording_id)
+        .collect();
+    assert_eq!(listed, vec!["r9"]);
+    assert_eq!(
+        c.find_by_checksum("b", "sha1").await.unwrap().as_deref(),
+        Some("r9")
+    );
+    let file = DataFileRow {
+        path: "data/events/tenant=b/recording=r1/x.parquet".into(),
+        kind: FileKind::Events,
+        channel_index: None,
+        first_row: 0,
+        num_rows: 3,
+        size_bytes: 100,
+    };
+    assert_eq!(
+        c.append_events("b", "r1", &file, None, "w").await.unwrap(),
+        AppendOutcome::UnknownRecording
+    );
+}
+both!(tenants_never_see_each_other);
+
+async fn concurrent_commits_of_the_same_bytes_make_one_recording(c: &Catalog) {
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rec = recording("a", &format!("r{i}"), "same");
+            rec.files[0].path = format!("p{i}");
+            c.commit_recording(&rec).await.unwrap()
+        }));
+    }
+    let mut committed = 0;
+    for t in tasks {
+        if t.await.unwrap() == CommitOutcome::Committed {
+            committed += 1;
+        }
+    }
+    assert_eq!(committed, 1);
+    assert_eq!(c.list_recordings("a", None, 100).await.unwrap().len(), 1);
+}
+both!(concurrent_commits_of_the_same_bytes_make_one_recording);
+
+async fn uploads_and_pages(c: &Catalog) {
+    let up = UploadRow {
+        tenant: "a".into(),
+        upload_id: "u1".into(),
+        metadata_json: "{}".into(),
+        size_bytes: 100,
+        created_ns: 5,
+        recording_id: None,
+    };
+    assert_eq!(c.create_upload(&up).await.unwrap(), up);
+    let mut other = up.clone();
+    other.size_bytes = 7;
+    assert_eq!(
+        c.create_upload(&other).await.unwrap(),
+        up,
+        "an existing upload is kept"
+    );
+    assert!(c.get_upload("b", "u1").await.unwrap().is_none());
+    assert_eq!(c.expired_uploads(6).await.unwrap().len(), 1);
+    let mut rec = recording("a", "r1", "s");
+    rec.upload_id = Some("u1".into());
+    c.commit_recording(&rec).await.unwrap();
+    assert_eq!(
+        c.get_upload("a", "u1")
+            .await
+            .unwrap()
+            .unwrap()
+            .recording_id
+            .as_deref(),
+        Some("r1")
+    );
+    assert!(
+        c.expired_uploads(6).await.unwrap().is_empty(),
+        "committed uploads do not expire"
+    );
+    c.delete_upload("a", "u1").await.unwrap();
+    assert!(c.get_upload("a", "u1").await.unwrap().is_none());
+
+    for i in 2..7 {
+        c.commit_recording(&recording("a", &format!("r{i}"), &format!("s{i}")))
+            .await
+            .unwrap();
+    }
+    let page1 = c.list_recordings("a", None, 4).await.unwrap();
+    let page2 = c
+        .list_recordings("a", Some(&page1[3].recording_id), 4)
+        .await
+        .unwrap();
+    assert_eq!(page1.len() + page2.len(), 6);
+}
+both!(uploads_and_pages);
+
+async fn appends_events_once_per_key(c: &Catalog) {
+    c.commit_recording(&recording("a", "r1", "s"))
+        .await
+        .unwrap();
+    let file = |n: i64, p: &str| DataFileRow {
+        path: p.into(),
+        kind: FileKind::Events,
+        channel_index: None,
+        first_row: 0,
+        num_rows: n,
+        size_bytes: 10,
+    };
+    assert_eq!(
+        c.append_events("a", "r1", &file(3, "e1"), Some("k"), "w1")
+            .await
+            .unwrap(),
+        AppendOutcome::Appended { total_events: 5 }
+    );
+    assert_eq!(
+        c.append_events("a", "r1", &file(3, "e2"), Some("k"), "w2")
+            .await
+            .unwrap(),
+        AppendOutcome::Duplicate { total_events: 5 }
+    );
+    assert_eq!(
+        c.append_events("a", "r1", &file(1, "e3"), None, "w3")
+            .await
+            .unwrap(),
+        AppendOutcome::Appended { total_events: 6 }
+    );
+    let files = c.files("a", "r1", FileKind::Events).await.unwrap();
+    assert_eq!(files.len(), 2);
+    assert_eq!(
+        c.get_recording("a", "r1")
+            .await
+            .unwrap()
+            .unwrap()
+            .num_events,
+        6
+    );
+}
+both!(appends_events_once_per_key);
+
+async fn stores_participants(c: &Catalog) {
+    let p = |id: &str, a: &str| Participant {
+        subject_pseudonym: id.into(),
+        dataset: "ds".into(),
+        attributes_json: a.into(),
+    };
+    c.put_participants("a", &[p("x", "{\"age\":\"31\"}"), p("y", "{}")], 1)
+        .await
+        .unwrap();
+    c.put_participants("a", &[p("x", "{\"age\":\"32\"}")], 2)
+        .await
+        .unwrap();
+    let got = c.participants("a").await.unwrap();
+    assert_eq!(got, vec![p("x", "{\"age\":\"32\"}"), p("y", "{}")]);
+    assert!(c.participants("b").await.unwrap().is_empty());
+}
+both!(stores_participants);
