@@ -9,7 +9,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     // Upload chunks and export data are large byte fields: share them, don't copy them.
-    config.bytes([".globalbrain.ingest.v1.UploadChunk.data"]);
+    config.bytes([
+        ".globalbrain.ingest.v1.UploadChunk.data",
+        ".globalbrain.ingest.v1.ExportRecordingResponse.data",
+    ]);
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("globalbrain_descriptor.bin"))

@@ -184,12 +184,12 @@ impl Catalog {
     /// Registers an upload. If the tenant already has one with this id, returns it unchanged.
     pub async fn create_upload(&self, upload: &UploadRow) -> Result<UploadRow> {
         let insert = sqlx::query(
-            "INSERT INTO uploads (tenant, upload_id, metadata_json, size_bytes, created_ns, \
+            "INSERT INTO uploads (tenant, upload_id, metadata, size_bytes, created_ns, \
              recording_id) VALUES ($1, $2, $3, $4, $5, NULL)",
         )
         .bind(&upload.tenant)
         .bind(&upload.upload_id)
-        .bind(&upload.metadata_json)
+        .bind(&upload.metadata)
         .bind(upload.size_bytes)
         .bind(upload.created_ns)
         .execute(&self.pool)
@@ -206,7 +206,7 @@ impl Catalog {
 
     pub async fn get_upload(&self, tenant: &str, upload_id: &str) -> Result<Option<UploadRow>> {
         let row = sqlx::query(
-            "SELECT tenant, upload_id, metadata_json, size_bytes, created_ns, recording_id \
+            "SELECT tenant, upload_id, metadata, size_bytes, created_ns, recording_id \
              FROM uploads WHERE tenant = $1 AND upload_id = $2",
         )
         .bind(tenant)
@@ -219,7 +219,7 @@ impl Catalog {
     /// Uploads created before `before_ns` that never committed.
     pub async fn expired_uploads(&self, before_ns: i64) -> Result<Vec<UploadRow>> {
         let rows = sqlx::query(
-            "SELECT tenant, upload_id, metadata_json, size_bytes, created_ns, recording_id \
+            "SELECT tenant, upload_id, metadata, size_bytes, created_ns, recording_id \
              FROM uploads WHERE created_ns < $1 AND recording_id IS NULL",
         )
         .bind(before_ns)
@@ -237,14 +237,15 @@ impl Catalog {
         Ok(())
     }
 
-    /// Marks an upload as done with an existing recording (a duplicate upload).
+    /// Marks an upload as done with an existing recording (a duplicate upload). The upload's
+    /// metadata (subject labels, sidecars) is cleared: the recording holds what is kept.
     pub async fn finish_upload(
         &self,
         tenant: &str,
         upload_id: &str,
         recording_id: &str,
     ) -> Result<()> {
-        sqlx::query("UPDATE uploads SET recording_id = $1 WHERE tenant = $2 AND upload_id = $3")
+        sqlx::query("UPDATE uploads SET recording_id = $1, metadata = '' WHERE tenant = $2 AND upload_id = $3")
             .bind(recording_id)
             .bind(tenant)
             .bind(upload_id)
@@ -415,7 +416,7 @@ impl Catalog {
         }
         if let Some(upload) = &rec.upload_id {
             sqlx::query(
-                "UPDATE uploads SET recording_id = $1 WHERE tenant = $2 AND upload_id = $3",
+                "UPDATE uploads SET recording_id = $1, metadata = '' WHERE tenant = $2 AND upload_id = $3",
             )
             .bind(&r.recording_id)
             .bind(&r.tenant)
@@ -703,7 +704,7 @@ fn upload_from(r: &AnyRow) -> Result<UploadRow> {
     Ok(UploadRow {
         tenant: r.try_get("tenant")?,
         upload_id: r.try_get("upload_id")?,
-        metadata_json: r.try_get("metadata_json")?,
+        metadata: r.try_get("metadata")?,
         size_bytes: r.try_get("size_bytes")?,
         created_ns: r.try_get("created_ns")?,
         recording_id: r.try_get("recording_id")?,

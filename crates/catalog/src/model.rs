@@ -7,7 +7,8 @@ pub struct NewRecording {
     pub channels: Vec<ChannelRow>,
     pub segments: Vec<SegmentRow>,
     pub files: Vec<DataFileRow>,
-    /// The upload this recording came from, marked committed in the same transaction.
+    /// The upload this recording came from, marked committed (and its metadata cleared) in
+    /// the same transaction.
     pub upload_id: Option<String>,
     /// The pending write that listed this recording's objects, cleared in the same transaction.
     pub write_id: String,
@@ -127,7 +128,7 @@ pub struct DataFileRow {
 pub struct UploadRow {
     pub tenant: String,
     pub upload_id: String,
-    pub metadata_json: String,
+    pub metadata: String,
     pub size_bytes: i64,
     pub created_ns: i64,
     pub recording_id: Option<String>,

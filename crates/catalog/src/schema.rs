@@ -19,7 +19,7 @@ pub(crate) fn migrations(dialect: Dialect) -> Vec<Vec<String>> {
         "CREATE TABLE IF NOT EXISTS uploads (
             tenant TEXT NOT NULL,
             upload_id TEXT NOT NULL,
-            metadata_json TEXT NOT NULL,
+            metadata TEXT NOT NULL,
             size_bytes BIGINT NOT NULL,
             created_ns BIGINT NOT NULL,
             recording_id TEXT,

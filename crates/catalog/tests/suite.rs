@@ -275,7 +275,7 @@ async fn uploads_and_pages(c: &Catalog) {
     let up = UploadRow {
         tenant: "a".into(),
         upload_id: "u1".into(),
-        metadata_json: "{}".into(),
+        metadata: "{}".into(),
         size_bytes: 100,
         created_ns: 5,
         recording_id: None,

@@ -6,15 +6,18 @@
 //! - [`clap_blocks`]: command-line and environment configuration shared by the binaries.
 //! - [`server`]: serving gRPC with health, reflection, metrics and graceful shutdown.
 //! - [`metrics`]: request metrics for the Prometheus endpoint.
+//! - [`clock`]: time as an injected dependency.
 //!
 //! No DataFusion and no ONNX Runtime here: this crate stays light so that every binary can
 //! depend on it.
 
 pub mod auth;
 pub mod clap_blocks;
+pub mod clock;
 mod error;
 pub mod metrics;
 pub mod server;
+pub mod telemetry;
 pub mod tenant;
 
 pub use error::{Error, Result};

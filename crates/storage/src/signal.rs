@@ -260,6 +260,70 @@ pub fn read_signal_file(bytes: Bytes, path: &str) -> Result<(u64, Vec<i32>)> {
     Ok((first, out))
 }
 
+/// Reads the digital values of a signal file a row group at a time.
+pub struct SignalFileReader {
+    batches: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    path: String,
+    first_sample: u64,
+    rows: u64,
+}
+
+impl SignalFileReader {
+    pub fn new(bytes: Bytes, path: &str) -> Result<Self> {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+        let first_sample = builder
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|kv| kv.iter().find(|k| k.key == FIRST_SAMPLE_KEY))
+            .and_then(|k| k.value.as_deref()?.parse::<u64>().ok())
+            .ok_or_else(|| Error::Corrupt {
+                path: path.to_string(),
+                reason: format!("no {FIRST_SAMPLE_KEY} metadata"),
+            })?;
+        let rows = builder.metadata().file_metadata().num_rows() as u64;
+        let mask = parquet::arrow::ProjectionMask::leaves(builder.parquet_schema(), [1]);
+        let batches = builder
+            .with_projection(mask)
+            .with_batch_size(ROWS_PER_GROUP)
+            .build()?;
+        Ok(Self {
+            batches,
+            path: path.to_string(),
+            first_sample,
+            rows,
+        })
+    }
+
+    pub fn first_sample(&self) -> u64 {
+        self.first_sample
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Appends the next batch of values to `out`; false at the end.
+    pub fn next_into(&mut self, out: &mut Vec<i32>) -> Result<bool> {
+        let Some(batch) = self.batches.next() else {
+            return Ok(false);
+        };
+        let batch = batch?;
+        let col = batch.column(0);
+        if let Some(v) = col.as_any().downcast_ref::<Int16Array>() {
+            out.extend(v.values().iter().map(|x| i32::from(*x)));
+        } else if let Some(v) = col.as_any().downcast_ref::<Int32Array>() {
+            out.extend_from_slice(v.values());
+        } else {
+            return Err(Error::Corrupt {
+                path: self.path.clone(),
+                reason: format!("value column has type {}", col.data_type()),
+            });
+        }
+        Ok(true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,9 +355,15 @@ mod tests {
         );
         assert_eq!(builder.schema().field(1).data_type(), &DataType::Int16);
 
-        let (first, got) = read_signal_file(bytes, "t").unwrap();
+        let (first, got) = read_signal_file(bytes.clone(), "t").unwrap();
         assert_eq!(first, 1000);
         assert_eq!(got, values);
+
+        let mut r = SignalFileReader::new(bytes, "t").unwrap();
+        assert_eq!((r.first_sample(), r.rows()), (1000, values.len() as u64));
+        let mut streamed = Vec::new();
+        while r.next_into(&mut streamed).unwrap() {}
+        assert_eq!(streamed, values);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::{Error, Result};
 pub struct EdfReader<R> {
     inner: R,
     header: Header,
+    raw_header: Vec<u8>,
     next_record: u64,
     record_bytes: usize,
 }
@@ -51,6 +52,7 @@ impl<R: Read> EdfReader<R> {
         Ok(Self {
             inner,
             header,
+            raw_header: bytes,
             next_record: 0,
             record_bytes,
         })
@@ -58,6 +60,11 @@ impl<R: Read> EdfReader<R> {
 
     pub fn header(&self) -> &Header {
         &self.header
+    }
+
+    /// The header exactly as read: personal data included, so never store or log it.
+    pub fn raw_header(&self) -> &[u8] {
+        &self.raw_header
     }
 
     /// Records read so far.
@@ -132,6 +139,11 @@ impl<'a> RecordBlock<'a> {
             record_bytes,
             encoding: header.format.encoding,
         })
+    }
+
+    /// The raw bytes of the block's records.
+    pub fn data(&self) -> &'a [u8] {
+        self.data
     }
 
     /// The bytes of `signal` in record `record` (0-based within this block).

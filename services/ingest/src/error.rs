@@ -1,0 +1,116 @@
+//! Ingest errors and the one place they become gRPC statuses.
+
+use tonic::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The submitted bytes or fields are malformed.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+
+    /// The request is well formed but does not fit the state it addresses (wrong offset,
+    /// unknown upload, a format an export cannot produce).
+    #[error("{field}: {reason}")]
+    FailedPrecondition { field: String, reason: String },
+
+    #[error("{0}")]
+    NotFound(String),
+
+    /// A size limit.
+    #[error("{field}: {reason}")]
+    TooLarge { field: String, reason: String },
+
+    /// The file is malformed.
+    #[error("{0}")]
+    Format(gbrain_formats::Error),
+
+    #[error("storage: {0}")]
+    Storage(#[from] gbrain_storage::Error),
+
+    #[error("catalog: {0}")]
+    Catalog(#[from] gbrain_catalog::Error),
+
+    /// The client went away or the server is shutting down.
+    #[error("cancelled: {0}")]
+    Cancelled(String),
+
+    #[error("internal: {0}")]
+    Internal(String),
+
+    /// The service could not start (bad configuration, unreachable store or catalog).
+    #[error("startup: {0}")]
+    Startup(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn precondition(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::FailedPrecondition {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn too_large(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::TooLarge {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// True when the client caused it.
+    pub fn is_client_error(&self) -> bool {
+        match self {
+            Self::InvalidArgument { .. }
+            | Self::FailedPrecondition { .. }
+            | Self::NotFound(_)
+            | Self::TooLarge { .. }
+            | Self::Cancelled(_) => true,
+            Self::Format(e) => !matches!(e, gbrain_formats::Error::Io(_)),
+            Self::Storage(_) | Self::Catalog(_) | Self::Internal(_) | Self::Startup(_) => false,
+        }
+    }
+}
+
+impl From<gbrain_formats::Error> for Error {
+    fn from(e: gbrain_formats::Error) -> Self {
+        Self::Format(e)
+    }
+}
+
+/// Every ingest error becomes a status here and nowhere else. The match is exhaustive, so a
+/// new variant cannot slip through as Internal. Client errors are logged at info, server faults
+/// at error; neither message carries personal data (the format crate never echoes header text).
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        if e.is_client_error() {
+            tracing::info!(error = %e, "request rejected");
+        } else {
+            tracing::error!(error = %e, "request failed");
+        }
+        let msg = e.to_string();
+        match e {
+            Error::InvalidArgument { .. } => Status::invalid_argument(msg),
+            Error::FailedPrecondition { .. } => Status::failed_precondition(msg),
+            Error::NotFound(_) => Status::not_found(msg),
+            Error::TooLarge { .. } => Status::resource_exhausted(msg),
+            Error::Format(f) => match f {
+                gbrain_formats::Error::Invalid { .. }
+                | gbrain_formats::Error::Unsupported { .. } => Status::invalid_argument(msg),
+                gbrain_formats::Error::Io(_) => Status::unavailable(msg),
+            },
+            Error::Storage(_) => Status::unavailable(msg),
+            Error::Catalog(_) => Status::unavailable(msg),
+            Error::Cancelled(_) => Status::cancelled(msg),
+            Error::Internal(_) | Error::Startup(_) => Status::internal(msg),
+        }
+    }
+}
