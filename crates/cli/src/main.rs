@@ -1,1 +1,274 @@
-fn main() {}
+//! `gbrain`: the embedded cluster, each service as its own process, and the client commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gbrain_common::clap_blocks::{
+    AuthArgs, CatalogArgs, ClientArgs, IngestArgs, LogArgs, ObjectStoreArgs, ServerArgs,
+};
+
+use gbrain_cli::{bids, upload};
+
+mod export;
+mod recordings;
+mod serve;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gbrain",
+    version,
+    about = "Global Brain: neural and behavioural data fusion",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the embedded cluster: every service in one process, objects and a SQLite catalog
+    /// under the data directory.
+    Up {
+        /// Where objects, the catalog and the development token live.
+        #[arg(long, env = "GBRAIN_DATA_DIR")]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        auth: AuthArgs,
+        #[command(flatten)]
+        ingest: IngestArgs,
+        #[command(flatten)]
+        log: LogArgs,
+    },
+    /// Runs one service as its own process.
+    Serve {
+        #[command(subcommand)]
+        role: ServeRole,
+    },
+    /// Uploads EDF/EDF+/BDF/BDF+ files; prints each recording id.
+    Upload {
+        /// Files to upload.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The study's subject label (stored only as a pseudonym).
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        session: Option<String>,
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long)]
+        run: Option<String>,
+        /// The dataset the subject label belongs to.
+        #[arg(long)]
+        dataset: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Imports a BIDS EEG or iEEG dataset: signals, events, channels, sidecars, participants.
+    ImportBids {
+        dir: PathBuf,
+        /// The dataset name (default: dataset_description.json's Name).
+        #[arg(long)]
+        dataset: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Writes a recording as de-identified EDF+ (.edf) or BDF+ (.bdf).
+    Export {
+        recording_id: String,
+        /// The file to write; its extension picks the format.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Lists or shows recordings.
+    Recordings {
+        #[command(subcommand)]
+        command: RecordingsCommand,
+    },
+    /// Appends behavioural events to a recording.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// Makes and hashes tokens for auth files.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServeRole {
+    /// The ingest service.
+    Ingest {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        auth: AuthArgs,
+        #[command(flatten)]
+        store: ObjectStoreArgs,
+        #[command(flatten)]
+        catalog: CatalogArgs,
+        #[command(flatten)]
+        ingest: IngestArgs,
+        #[command(flatten)]
+        log: LogArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RecordingsCommand {
+    /// Lists the tenant's recordings.
+    Ls {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Shows one recording with its channels and segments.
+    Show {
+        recording_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// Appends the events of a BIDS-style events.tsv (onset, duration, trial_type, ...).
+    Append {
+        recording_id: String,
+        file: PathBuf,
+        /// Where the events come from (task, response, clinician...).
+        #[arg(long, default_value = "api")]
+        source: String,
+        /// A key that makes a retried append a no-op.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Prints a new random token and the auth-file line that admits it.
+    New {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_delimiter = ',', default_value = "submitter")]
+        roles: Vec<String>,
+    },
+    /// Prints the SHA-256 of a token, for `sha256 = ...` in an auth file.
+    Hash { token: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Up {
+            data_dir,
+            server,
+            auth,
+            ingest,
+            log,
+        } => serve::up(data_dir, server, auth, ingest, log).await,
+        Command::Serve {
+            role:
+                ServeRole::Ingest {
+                    server,
+                    auth,
+                    store,
+                    catalog,
+                    ingest,
+                    log,
+                },
+        } => serve::ingest(server, auth, store, catalog, ingest, log).await,
+        Command::Upload {
+            files,
+            subject,
+            session,
+            task,
+            run,
+            dataset,
+            client,
+        } => {
+            let meta = upload::Labels {
+                subject,
+                session,
+                task,
+                run,
+                dataset,
+            };
+            upload::command(files, meta, client).await
+        }
+        Command::ImportBids {
+            dir,
+            dataset,
+            client,
+        } => bids::command(dir, dataset, client).await,
+        Command::Export {
+            recording_id,
+            out,
+            client,
+        } => export::command(recording_id, out, client).await,
+        Command::Recordings { command } => match command {
+            RecordingsCommand::Ls { limit, client } => recordings::list(limit, client).await,
+            RecordingsCommand::Show {
+                recording_id,
+                client,
+            } => recordings::show(recording_id, client).await,
+        },
+        Command::Events {
+            command:
+                EventsCommand::Append {
+                    recording_id,
+                    file,
+                    source,
+                    idempotency_key,
+                    client,
+                },
+        } => recordings::append_events(recording_id, file, source, idempotency_key, client).await,
+        Command::Token { command } => {
+            match command {
+                TokenCommand::New { tenant, roles } => {
+                    let token = gbrain_common::auth::generate_token();
+                    println!("token: {token}");
+                    println!();
+                    println!("[[tokens]]");
+                    println!("sha256 = \"{}\"", gbrain_common::auth::hash_token(&token));
+                    println!("tenant = \"{tenant}\"");
+                    let roles: Vec<String> = roles.iter().map(|r| format!("\"{r}\"")).collect();
+                    println!("roles = [{}]", roles.join(", "));
+                }
+                TokenCommand::Hash { token } => {
+                    println!("{}", gbrain_common::auth::hash_token(&token));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

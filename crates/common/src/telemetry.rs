@@ -9,8 +9,10 @@ use crate::clap_blocks::LogFormat;
 pub fn init(format: LogFormat, rust_log: Option<&str>) {
     let filter = EnvFilter::try_new(rust_log.unwrap_or("info,ort=warn"))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // A second call (tests, embedded use) keeps the first subscriber.
     let _ = match format {

@@ -1,0 +1,49 @@
+//! Connecting to the cluster with a bearer token.
+
+use anyhow::Context;
+use gbrain_common::clap_blocks::ClientArgs;
+use gbrain_proto::ingest::v1::ingest_service_client::IngestServiceClient;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Ingest = IngestServiceClient<InterceptedService<Channel, Bearer>>;
+
+pub async fn ingest(args: &ClientArgs) -> anyhow::Result<Ingest> {
+    let token = match &args.token {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .context("the token must be printable ASCII")?,
+        ),
+        None => None,
+    };
+    let channel = Endpoint::from_shared(args.server.clone())
+        .with_context(|| format!("invalid server address {:?}", args.server))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach {}", args.server))?;
+    Ok(
+        IngestServiceClient::with_interceptor(channel, Bearer(token))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20),
+    )
+}
+
+/// A gRPC status as a one-line error.
+pub fn status(s: &tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}

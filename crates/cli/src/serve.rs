@@ -1,0 +1,139 @@
+//! `gbrain up` and `gbrain serve <role>`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use gbrain_common::auth::{Authenticator, generate_token};
+use gbrain_common::clap_blocks::{
+    AuthArgs, CatalogArgs, IngestArgs, LogArgs, ObjectStoreArgs, ServerArgs,
+};
+use gbrain_common::tenant::TenantId;
+use gbrain_ingest::{IngestConfig, ServeConfig};
+use tokio_util::sync::CancellationToken;
+
+/// The tenant of the development token.
+const DEV_TENANT: &str = "demo";
+
+/// The embedded cluster: every service that exists, in this process, on one gRPC port, with
+/// objects under `DIR/objects` and the catalog in `DIR/catalog.db`.
+pub async fn up(
+    data_dir: PathBuf,
+    server: ServerArgs,
+    auth: AuthArgs,
+    ingest: IngestArgs,
+    log: LogArgs,
+) -> anyhow::Result<ExitCode> {
+    gbrain_common::telemetry::init(log.log_format, std::env::var("RUST_LOG").ok().as_deref());
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let data_dir = data_dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", data_dir.display()))?;
+    let authenticator = match &auth.auth_file {
+        Some(path) => Authenticator::from_file(path)?,
+        None => {
+            let (token, path) = dev_token(&data_dir)?;
+            println!("development token for tenant '{DEV_TENANT}' (every role): {token}");
+            println!("  saved in {} (mode 0600); use it with:", path.display());
+            println!("  export GBRAIN_TOKEN=$(cat {})", path.display());
+            Authenticator::single(&token, TenantId::new(DEV_TENANT)?)
+        }
+    };
+    let config = ServeConfig {
+        ingest: IngestConfig::from_args(&ingest),
+        object_store_url: format!("file://{}", data_dir.join("objects").display()),
+        object_store_options: Vec::new(),
+        catalog_url: format!("sqlite://{}", data_dir.join("catalog.db").display()),
+        auth: Arc::new(authenticator),
+        drain_delay: Duration::from_secs(server.drain_seconds),
+    };
+    serve_until_signal(config, &server, "embedded cluster").await
+}
+
+/// The ingest service as its own process.
+pub async fn ingest(
+    server: ServerArgs,
+    auth: AuthArgs,
+    store: ObjectStoreArgs,
+    catalog: CatalogArgs,
+    ingest: IngestArgs,
+    log: LogArgs,
+) -> anyhow::Result<ExitCode> {
+    gbrain_common::telemetry::init(log.log_format, std::env::var("RUST_LOG").ok().as_deref());
+    let auth_file = auth
+        .auth_file
+        .context("--auth-file (or GBRAIN_AUTH_FILE) is required for a service process")?;
+    let config = ServeConfig {
+        ingest: IngestConfig::from_args(&ingest),
+        object_store_url: store.object_store,
+        object_store_options: gbrain_storage::store::aws_options(std::env::vars()),
+        catalog_url: catalog.catalog,
+        auth: Arc::new(Authenticator::from_file(&auth_file)?),
+        drain_delay: Duration::from_secs(server.drain_seconds),
+    };
+    serve_until_signal(config, &server, "ingest").await
+}
+
+async fn serve_until_signal(
+    config: ServeConfig,
+    server: &ServerArgs,
+    what: &str,
+) -> anyhow::Result<ExitCode> {
+    let grpc = tokio::net::TcpListener::bind(server.listen)
+        .await
+        .with_context(|| format!("binding gRPC {}", server.listen))?;
+    let http = tokio::net::TcpListener::bind(server.http)
+        .await
+        .with_context(|| format!("binding HTTP {}", server.http))?;
+    println!(
+        "{what}: gRPC on {}, metrics on http://{}/metrics",
+        grpc.local_addr()?,
+        http.local_addr()?
+    );
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        gbrain_common::server::shutdown_signal().await;
+        signal.cancel();
+    });
+    gbrain_ingest::run(config, grpc, Some(http), shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the development token, or creates it (mode 0600) on first start.
+fn dev_token(data_dir: &Path) -> anyhow::Result<(String, PathBuf)> {
+    let path = data_dir.join("dev-token");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let token = existing.trim().to_string();
+        if !token.is_empty() {
+            return Ok((token, path));
+        }
+    }
+    let token = generate_token();
+    write_private(&path, &token)?;
+    Ok((token, path))
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{contents}")?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    std::fs::write(path, format!("{contents}\n"))?;
+    Ok(())
+}
