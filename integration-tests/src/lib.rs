@@ -1,1 +1,271 @@
-//! placeholder
+//! The test sandbox: real services started in-process on `127.0.0.1:0`, typed clients, test
+//! files, and the paths of the real binary and third-party tools.
+
+pub mod files;
+pub mod tools;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gbrain_catalog::Catalog;
+use gbrain_cli::client::{Bearer, Ingest as IngestClient};
+use gbrain_common::auth::Authenticator;
+use gbrain_common::clock::{Clock, SystemClock};
+use gbrain_ingest::{Ingest, IngestConfig, IngestDeps, IngestMetrics, Listeners, serve_ingest};
+use object_store::ObjectStore;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+/// Tokens of the sandbox's auth file.
+pub const ADMIN_TOKEN: &str = "sandbox-admin-token";
+pub const SUBMITTER_TOKEN: &str = "sandbox-submitter-token";
+pub const ANALYST_TOKEN: &str = "sandbox-analyst-token";
+pub const OTHER_TENANT_TOKEN: &str = "sandbox-other-tenant-token";
+
+/// The auth file every sandbox uses: tenant `demo` with an admin, a submitter and an analyst,
+/// and tenant `other` with an admin.
+pub fn auth_toml() -> String {
+    format!(
+        r#"
+[[tokens]]
+name = "admin"
+token = "{ADMIN_TOKEN}"
+tenant = "demo"
+roles = ["admin"]
+
+[[tokens]]
+name = "submitter"
+sha256 = "{}"
+tenant = "demo"
+roles = ["submitter"]
+
+[[tokens]]
+name = "analyst"
+token = "{ANALYST_TOKEN}"
+tenant = "demo"
+roles = ["analyst"]
+
+[[tokens]]
+name = "other-admin"
+token = "{OTHER_TENANT_TOKEN}"
+tenant = "other"
+roles = ["admin"]
+"#,
+        gbrain_common::auth::hash_token(SUBMITTER_TOKEN)
+    )
+}
+
+/// Where the catalog lives.
+#[derive(Clone, Debug)]
+pub enum CatalogKind {
+    Sqlite,
+    /// The real PostgreSQL, in a schema of the test's own.
+    Postgres,
+}
+
+/// How to start a sandbox.
+pub struct Options {
+    pub config: IngestConfig,
+    pub catalog: CatalogKind,
+    /// An object store to use instead of the local directory.
+    pub store: Option<Arc<dyn ObjectStore>>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            config: IngestConfig {
+                cpu_threads: 2,
+                gc_interval: Duration::from_secs(3600),
+                ..IngestConfig::default()
+            },
+            catalog: CatalogKind::Sqlite,
+            store: None,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// Running services.
+pub struct Sandbox {
+    pub addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub ingest: Arc<Ingest>,
+    pub store: Arc<dyn ObjectStore>,
+    pub catalog: Catalog,
+    shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<gbrain_ingest::Result<()>>>,
+    pg_schema: Option<(String, String)>,
+}
+
+/// The PostgreSQL server the tests use.
+pub fn postgres_url() -> String {
+    std::env::var("GBRAIN_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+impl Sandbox {
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = match options.store {
+            Some(s) => s,
+            None => gbrain_storage::store::open(
+                &format!("file://{}", dir.path().join("objects").display()),
+                &[],
+            )
+            .expect("local store"),
+        };
+        let (catalog_url, pg_schema) = match options.catalog {
+            CatalogKind::Sqlite => (
+                format!("sqlite://{}", dir.path().join("catalog.db").display()),
+                None,
+            ),
+            CatalogKind::Postgres => {
+                let schema = format!("gbit_{}", uuid::Uuid::new_v4().simple());
+                (
+                    format!("{}?schema={schema}", postgres_url()),
+                    Some((postgres_url(), schema)),
+                )
+            }
+        };
+        let catalog = Catalog::connect(&catalog_url).await.expect("catalog");
+        let auth = Arc::new(Authenticator::from_toml(&auth_toml()).expect("auth"));
+        let mut registry = Registry::default();
+        let metrics = IngestMetrics::register(&mut registry);
+        let ingest = Ingest::new(
+            options.config,
+            IngestDeps {
+                store: Arc::clone(&store),
+                catalog: catalog.clone(),
+                auth: Arc::clone(&auth),
+                clock: options.clock,
+                metrics,
+            },
+        )
+        .expect("ingest");
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = grpc.local_addr().expect("addr");
+        let http_addr = http.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve_ingest(
+            Arc::clone(&ingest),
+            auth,
+            registry,
+            Listeners {
+                grpc,
+                http: Some(http),
+            },
+            shutdown.clone(),
+            Duration::ZERO,
+        ));
+        let sandbox = Self {
+            addr,
+            http_addr,
+            dir,
+            ingest,
+            store,
+            catalog,
+            shutdown,
+            server: Some(server),
+            pg_schema,
+        };
+        sandbox.wait_ready().await;
+        sandbox
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("sandbox did not start");
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.endpoint())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// A client with the given token (or none).
+    pub async fn client_with(&self, token: Option<&str>) -> IngestClient {
+        let bearer = Bearer::new(token).expect("token");
+        gbrain_proto::ingest::v1::ingest_service_client::IngestServiceClient::with_interceptor(
+            self.channel().await,
+            bearer,
+        )
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+    }
+
+    /// A client of tenant `demo` with every role.
+    pub async fn client(&self) -> IngestClient {
+        self.client_with(Some(ADMIN_TOKEN)).await
+    }
+
+    /// Every byte stored under the sandbox's directory, file by file.
+    pub fn stored_files(&self) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        walk(self.dir.path(), &mut out);
+        out
+    }
+
+    /// Stops the services and drops a PostgreSQL schema if one was made.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(s) = self.server.take() {
+            let _ = s.await;
+        }
+        self.catalog.close().await;
+        if let Some((url, schema)) = self.pg_schema.take() {
+            drop_schema(&url, &schema).await;
+        }
+    }
+}
+
+async fn drop_schema(url: &str, schema: &str) {
+    use sqlx::Connection;
+    if let Ok(mut conn) = sqlx::PgConnection::connect(url).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+        )))
+        .execute(&mut conn)
+        .await;
+    }
+}
+
+fn walk(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, Vec<u8>)>) {
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in read.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.push((p, b));
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -11,6 +11,19 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Clone)]
 pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
 
+impl Bearer {
+    pub fn new(token: Option<&str>) -> anyhow::Result<Self> {
+        Ok(Self(match token {
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse()
+                    .context("the token must be printable ASCII")?,
+            ),
+            None => None,
+        }))
+    }
+}
+
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(v) = &self.0 {
@@ -23,21 +36,14 @@ impl tonic::service::Interceptor for Bearer {
 pub type Ingest = IngestServiceClient<InterceptedService<Channel, Bearer>>;
 
 pub async fn ingest(args: &ClientArgs) -> anyhow::Result<Ingest> {
-    let token = match &args.token {
-        Some(t) => Some(
-            format!("Bearer {t}")
-                .parse()
-                .context("the token must be printable ASCII")?,
-        ),
-        None => None,
-    };
+    let bearer = Bearer::new(args.token.as_deref())?;
     let channel = Endpoint::from_shared(args.server.clone())
         .with_context(|| format!("invalid server address {:?}", args.server))?
         .connect()
         .await
         .with_context(|| format!("cannot reach {}", args.server))?;
     Ok(
-        IngestServiceClient::with_interceptor(channel, Bearer(token))
+        IngestServiceClient::with_interceptor(channel, bearer)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20),
     )

@@ -153,6 +153,11 @@ impl Ingest {
             .max_encoding_message_size(gbrain_common::server::MAX_MESSAGE_BYTES)
     }
 
+    /// The catalog, for read paths that other services share.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
     /// Runs a closure on the CPU pool and awaits it without blocking the IO runtime.
     pub(crate) async fn on_cpu<T: Send + 'static>(
         &self,
@@ -200,11 +205,9 @@ pub async fn run(
     http: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let store =
-        gbrain_storage::store::open(&config.object_store_url, &config.object_store_options)?;
+    let store = gbrain_storage::store::open(&config.object_store_url, &config.object_store_options)?;
     let catalog = Catalog::connect(&config.catalog_url).await?;
     let mut registry = Registry::default();
-    let grpc_metrics = GrpcMetrics::register(&mut registry);
     let metrics = IngestMetrics::register(&mut registry);
     let ingest = Ingest::new(
         config.ingest.clone(),
@@ -216,9 +219,38 @@ pub async fn run(
             metrics,
         },
     )?;
+    serve_ingest(
+        ingest,
+        config.auth,
+        registry,
+        Listeners { grpc, http },
+        shutdown,
+        config.drain_delay,
+    )
+    .await
+}
+
+/// Where a server listens.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: Option<TcpListener>,
+}
+
+/// Serves a built [`Ingest`] until `shutdown`, with garbage collection in the background.
+/// `registry` holds the ingest metrics; the gRPC request metrics are added here.
+pub async fn serve_ingest(
+    ingest: Arc<Ingest>,
+    auth: Arc<Authenticator>,
+    mut registry: Registry,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    drain_delay: Duration,
+) -> Result<()> {
+    let grpc_metrics = GrpcMetrics::register(&mut registry);
     let gc = tokio::spawn(gc::run_gc(
         Arc::clone(&ingest),
-        config.ingest.gc_interval,
+        ingest.config.gc_interval,
         shutdown.clone(),
     ));
     serve(ServeArgs {
@@ -226,13 +258,13 @@ pub async fn run(
         service_names: vec![SERVICE_NAME],
         descriptor_sets: vec![gbrain_proto::FILE_DESCRIPTOR_SET],
         health: tonic_health::server::HealthReporter::new(),
-        auth: config.auth,
+        auth,
         metrics: grpc_metrics,
         registry: Arc::new(registry),
-        grpc_listener: grpc,
-        http_listener: http,
+        grpc_listener: listeners.grpc,
+        http_listener: listeners.http,
         shutdown,
-        drain_delay: config.drain_delay,
+        drain_delay,
     })
     .await
     .map_err(|e| Error::Startup(e.to_string()))?;
