@@ -1,6 +1,7 @@
 //! The test sandbox: real services started in-process on `127.0.0.1:0`, typed clients, test
 //! files, and the paths of the real binary and third-party tools.
 
+pub mod binary;
 pub mod files;
 pub mod tools;
 

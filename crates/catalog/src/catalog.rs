@@ -216,11 +216,12 @@ impl Catalog {
         row.map(|r| upload_from(&r)).transpose()
     }
 
-    /// Uploads created before `before_ns` that never committed.
+    /// Uploads created before `before_ns`, committed or not: after their time to live their
+    /// staged bytes are garbage either way (a crash between commit and cleanup can leave some).
     pub async fn expired_uploads(&self, before_ns: i64) -> Result<Vec<UploadRow>> {
         let rows = sqlx::query(
             "SELECT tenant, upload_id, metadata, size_bytes, created_ns, recording_id \
-             FROM uploads WHERE created_ns < $1 AND recording_id IS NULL",
+             FROM uploads WHERE created_ns < $1",
         )
         .bind(before_ns)
         .fetch_all(&self.pool)

@@ -1,4 +1,5 @@
-//! Garbage collection: uploads nobody finished and writes whose commit never came.
+//! Garbage collection: uploads past their time to live (unfinished ones, and finished ones
+//! whose staged bytes a crash kept from being deleted) and writes whose commit never came.
 //!
 //! Both are found through the catalog, never by listing the data, so a recording that is
 //! committed can never be mistaken for garbage: its pending write was cleared in the same

@@ -1,0 +1,132 @@
+//! The real `gbrain` binary as a child process.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::tools::gbrain_bin;
+
+/// `gbrain up` running in a child process, its stderr going to a log file.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub token: String,
+}
+
+impl Server {
+    /// Starts `gbrain up` on ports the OS picks, with `RUST_LOG=debug` so the log holds
+    /// everything the server says.
+    pub fn up(data_dir: &Path, log: &Path, extra: &[&str]) -> Self {
+        let mut args: Vec<std::ffi::OsString> = vec!["up".into(), "--data-dir".into(), data_dir.into()];
+        args.extend(extra.iter().map(Into::into));
+        let mut server = Self::spawn(&args, log, data_dir);
+        server.token = std::fs::read_to_string(data_dir.join("dev-token"))
+            .expect("dev token")
+            .trim()
+            .to_string();
+        server
+    }
+
+    /// Starts `gbrain <args> --listen 127.0.0.1:0 --http 127.0.0.1:0` and waits for the
+    /// address it reports.
+    pub fn spawn(args: &[std::ffi::OsString], log: &Path, data_dir: &Path) -> Self {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        let mut child = Command::new(gbrain_bin())
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn gbrain up");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut addrs = None;
+        for line in lines.by_ref() {
+            let line = line.expect("stdout line");
+            // "embedded cluster: gRPC on 127.0.0.1:X, metrics on http://127.0.0.1:Y/metrics"
+            if let Some(rest) = line.split("gRPC on ").nth(1) {
+                let grpc = rest.split(',').next().unwrap_or_default().trim().to_string();
+                let http = rest
+                    .split("http://")
+                    .nth(1)
+                    .and_then(|h| h.split('/').next())
+                    .unwrap_or_default()
+                    .to_string();
+                addrs = Some((grpc.parse().expect("grpc addr"), http.parse().expect("http addr")));
+                break;
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let (addr, http) = addrs.expect("gbrain did not report its address");
+        let server = Self {
+            child,
+            addr,
+            http,
+            data_dir: data_dir.to_path_buf(),
+            log: log.to_path_buf(),
+            token: String::new(),
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(self.addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("gbrain up is not accepting connections");
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Runs a client command of the same binary against this server, with the dev token.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(gbrain_bin())
+            .args(args)
+            .env("GBRAIN_SERVER", self.endpoint())
+            .env("GBRAIN_TOKEN", &self.token)
+            .output()
+            .expect("run gbrain")
+    }
+
+    /// GET over plain HTTP/1.1 from the metrics port.
+    pub fn http_get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.http).expect("connect http");
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out
+    }
+
+    /// SIGTERM, then wait.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        #[cfg(unix)]
+        {
+            let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        }
+        self.child.wait().expect("wait")
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
