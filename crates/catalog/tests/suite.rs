@@ -302,10 +302,12 @@ async fn uploads_and_pages(c: &Catalog) {
             .as_deref(),
         Some("r1")
     );
-    assert!(
-        c.expired_uploads(6).await.unwrap().is_empty(),
-        "committed uploads do not expire"
+    assert_eq!(
+        c.expired_uploads(6).await.unwrap().len(),
+        1,
+        "committed uploads expire too"
     );
+    assert!(c.expired_uploads(5).await.unwrap().is_empty());
     c.delete_upload("a", "u1").await.unwrap();
     assert!(c.get_upload("a", "u1").await.unwrap().is_none());
 
