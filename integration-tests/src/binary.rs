@@ -22,7 +22,8 @@ impl Server {
     /// Starts `gbrain up` on ports the OS picks, with `RUST_LOG=debug` so the log holds
     /// everything the server says.
     pub fn up(data_dir: &Path, log: &Path, extra: &[&str]) -> Self {
-        let mut args: Vec<std::ffi::OsString> = vec!["up".into(), "--data-dir".into(), data_dir.into()];
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["up".into(), "--data-dir".into(), data_dir.into()];
         args.extend(extra.iter().map(Into::into));
         let mut server = Self::spawn(&args, log, data_dir);
         server.token = std::fs::read_to_string(data_dir.join("dev-token"))
@@ -55,14 +56,22 @@ impl Server {
             let line = line.expect("stdout line");
             // "embedded cluster: gRPC on 127.0.0.1:X, metrics on http://127.0.0.1:Y/metrics"
             if let Some(rest) = line.split("gRPC on ").nth(1) {
-                let grpc = rest.split(',').next().unwrap_or_default().trim().to_string();
+                let grpc = rest
+                    .split(',')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
                 let http = rest
                     .split("http://")
                     .nth(1)
                     .and_then(|h| h.split('/').next())
                     .unwrap_or_default()
                     .to_string();
-                addrs = Some((grpc.parse().expect("grpc addr"), http.parse().expect("http addr")));
+                addrs = Some((
+                    grpc.parse().expect("grpc addr"),
+                    http.parse().expect("http addr"),
+                ));
                 break;
             }
         }
@@ -109,7 +118,11 @@ impl Server {
     pub fn http_get(&self, path: &str) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(self.http).expect("connect http");
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("write");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
         let mut out = String::new();
         s.read_to_string(&mut out).expect("read");
         out
@@ -119,7 +132,10 @@ impl Server {
     pub fn stop(mut self) -> std::process::ExitStatus {
         #[cfg(unix)]
         {
-            let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
         }
         self.child.wait().expect("wait")
     }

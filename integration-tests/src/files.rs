@@ -119,7 +119,15 @@ impl Spec {
     pub fn bytes(&self) -> Vec<u8> {
         let mut signals = self.signals.clone();
         if self.plus.is_some() {
-            let mut a = SignalSpec::eeg(if self.bdf { "BDF Annotations" } else { "EDF Annotations" }, self.annotation_samples, self.bdf);
+            let mut a = SignalSpec::eeg(
+                if self.bdf {
+                    "BDF Annotations"
+                } else {
+                    "EDF Annotations"
+                },
+                self.annotation_samples,
+                self.bdf,
+            );
             a.unit = String::new();
             a.transducer = String::new();
             a.prefiltering = String::new();

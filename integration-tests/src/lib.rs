@@ -151,8 +151,12 @@ impl Sandbox {
             },
         )
         .expect("ingest");
-        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = grpc.local_addr().expect("addr");
         let http_addr = http.local_addr().expect("addr");
         let shutdown = CancellationToken::new();

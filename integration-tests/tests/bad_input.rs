@@ -30,17 +30,65 @@ fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         256 + widths[..field].iter().sum::<usize>() * ns + i * widths[field]
     };
     let mut cases = vec![
-        ("wrong version field", patch(ok.clone(), 0, b"1       "), "header.version"),
-        ("header size disagrees with the signal count", patch(ok.clone(), 184, b"512     "), "header.header_bytes"),
-        ("zero signals", patch(ok.clone(), 252, b"0   "), "header.num_signals"),
-        ("absurd signal count", patch(ok.clone(), 252, b"9999"), "header.num_signals"),
-        ("non-ASCII header byte", patch(ok.clone(), 20, &[0xe9]), "header.patient"),
-        ("digital min >= max", patch(ok.clone(), sig(5, 0), b"40000   "), "signal[0] (EEG C0).digital_min"),
-        ("physical min == max", patch(patch(ok.clone(), sig(3, 1), b"3200    "), sig(4, 1), b"3200    "), "signal[1] (EEG C1).physical_min"),
-        ("samples per record = 0", patch(ok.clone(), sig(8, 0), b"0       "), "signal[0] (EEG C0).samples_per_record"),
-        ("file shorter than the header promises", ok[..ok.len() / 2].to_vec(), "header.num_records"),
-        ("truncated last record", ok[..ok.len() - 10].to_vec(), "data_records"),
-        ("file shorter than its own header", ok[..300].to_vec(), "header"),
+        (
+            "wrong version field",
+            patch(ok.clone(), 0, b"1       "),
+            "header.version",
+        ),
+        (
+            "header size disagrees with the signal count",
+            patch(ok.clone(), 184, b"512     "),
+            "header.header_bytes",
+        ),
+        (
+            "zero signals",
+            patch(ok.clone(), 252, b"0   "),
+            "header.num_signals",
+        ),
+        (
+            "absurd signal count",
+            patch(ok.clone(), 252, b"9999"),
+            "header.num_signals",
+        ),
+        (
+            "non-ASCII header byte",
+            patch(ok.clone(), 20, &[0xe9]),
+            "header.patient",
+        ),
+        (
+            "digital min >= max",
+            patch(ok.clone(), sig(5, 0), b"40000   "),
+            "signal[0] (EEG C0).digital_min",
+        ),
+        (
+            "physical min == max",
+            patch(
+                patch(ok.clone(), sig(3, 1), b"3200    "),
+                sig(4, 1),
+                b"3200    ",
+            ),
+            "signal[1] (EEG C1).physical_min",
+        ),
+        (
+            "samples per record = 0",
+            patch(ok.clone(), sig(8, 0), b"0       "),
+            "signal[0] (EEG C0).samples_per_record",
+        ),
+        (
+            "file shorter than the header promises",
+            ok[..ok.len() / 2].to_vec(),
+            "header.num_records",
+        ),
+        (
+            "truncated last record",
+            ok[..ok.len() - 10].to_vec(),
+            "data_records",
+        ),
+        (
+            "file shorter than its own header",
+            ok[..300].to_vec(),
+            "header",
+        ),
     ];
 
     // BDF magic on a 16-bit body.
@@ -56,7 +104,11 @@ fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     let needle = b"+2.5\x14x";
     let pos = b.windows(needle.len()).position(|w| w == needle).unwrap();
     b[pos] = b'0';
-    cases.push(("TAL onset without a sign", b, "signal[2] (EDF Annotations).record[2]"));
+    cases.push((
+        "TAL onset without a sign",
+        b,
+        "signal[2] (EDF Annotations).record[2]",
+    ));
 
     // EDF+D without an annotation signal: a plain file that says EDF+D.
     let mut plain = good();
@@ -68,11 +120,23 @@ fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     let mut overlap = good();
     overlap.plus = Some('D');
     overlap.record_onsets = Some(vec![0.0, 1.0, 1.5, 3.0]);
-    cases.push(("EDF+D records that overlap", overlap.bytes(), "data_records[2]"));
+    cases.push((
+        "EDF+D records that overlap",
+        overlap.bytes(),
+        "data_records[2]",
+    ));
 
     // Unparseable numbers.
-    cases.push(("non-numeric record count", patch(ok.clone(), 236, b"many    "), "header.num_records"));
-    cases.push(("impossible start date", patch(ok.clone(), 168, b"31.02.21"), "header.start_date"));
+    cases.push((
+        "non-numeric record count",
+        patch(ok.clone(), 236, b"many    "),
+        "header.num_records",
+    ));
+    cases.push((
+        "impossible start date",
+        patch(ok.clone(), 168, b"31.02.21"),
+        "header.start_date",
+    ));
     cases
 }
 
@@ -91,14 +155,26 @@ async fn malformed_files_are_rejected_with_the_field_and_nothing_is_kept() {
         match upload_file(&mut client, &path, meta, &indicatif::ProgressBar::hidden()).await {
             Err(UploadError::Rejected(s)) => {
                 assert_eq!(s.code(), Code::InvalidArgument, "{name}: {s:?}");
-                assert!(s.message().starts_with(field), "{name}: expected {field:?}, got {:?}", s.message());
-                assert!(s.message().len() > field.len() + 5, "{name}: no reason given: {:?}", s.message());
+                assert!(
+                    s.message().starts_with(field),
+                    "{name}: expected {field:?}, got {:?}",
+                    s.message()
+                );
+                assert!(
+                    s.message().len() > field.len() + 5,
+                    "{name}: no reason given: {:?}",
+                    s.message()
+                );
             }
             other => panic!("{name}: expected a rejection, got {other:?}"),
         }
     }
     // Nothing became visible, no recording data and no staged bytes remain.
-    let listed = client.list_recordings(ListRecordingsRequest::default()).await.unwrap().into_inner();
+    let listed = client
+        .list_recordings(ListRecordingsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(listed.recordings.is_empty());
     let leftovers: Vec<_> = sb
         .stored_files()
@@ -107,14 +183,25 @@ async fn malformed_files_are_rejected_with_the_field_and_nothing_is_kept() {
         .map(|(p, _)| p)
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    assert!(sb.catalog.abandoned_writes(i64::MAX).await.unwrap().is_empty());
+    assert!(
+        sb.catalog
+            .abandoned_writes(i64::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // The server is still up and takes a good file.
     let path = dir.path().join("good.edf");
     std::fs::write(&path, good().bytes()).unwrap();
-    let r = upload_file(&mut client, &path, RecordingMetadata::default(), &indicatif::ProgressBar::hidden())
-        .await
-        .unwrap();
+    let r = upload_file(
+        &mut client,
+        &path,
+        RecordingMetadata::default(),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.counts.unwrap().events, 1);
     sb.stop().await;
 }

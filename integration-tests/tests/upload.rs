@@ -26,10 +26,15 @@ fn hidden() -> indicatif::ProgressBar {
 }
 
 fn real_files() -> Vec<std::path::PathBuf> {
-    ["test_subsecond.edf", "test_utf8.edf", "test_generator.edf", "test_generator.bdf"]
-        .iter()
-        .map(|f| data_dir().join("eeg_edf").join(f))
-        .collect()
+    [
+        "test_subsecond.edf",
+        "test_utf8.edf",
+        "test_generator.edf",
+        "test_generator.bdf",
+    ]
+    .iter()
+    .map(|f| data_dir().join("eeg_edf").join(f))
+    .collect()
 }
 
 fn write_temp(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
@@ -43,7 +48,10 @@ fn write_temp(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
 async fn real_files_are_stored_losslessly(options: Options) {
     let sb = Sandbox::start_with(options).await;
     let mut client = sb.client().await;
-    println!("{:<24} {:>10} {:>10} {:>7}", "file", "source", "stored", "ratio");
+    println!(
+        "{:<24} {:>10} {:>10} {:>7}",
+        "file", "source", "stored", "ratio"
+    );
     for path in real_files() {
         let bytes = std::fs::read(&path).unwrap();
         let reference = read_to_memory(&bytes[..], bytes.len() as u64).unwrap();
@@ -62,9 +70,17 @@ async fn real_files_are_stored_losslessly(options: Options) {
             r.stored_bytes,
             r.stored_bytes as f64 / r.source_bytes as f64
         );
-        assert!(r.stored_bytes <= r.source_bytes, "{}: stored more than the source", path.display());
+        assert!(
+            r.stored_bytes <= r.source_bytes,
+            "{}: stored more than the source",
+            path.display()
+        );
 
-        let files = sb.catalog.files("demo", &r.recording_id, FileKind::Signal).await.unwrap();
+        let files = sb
+            .catalog
+            .files("demo", &r.recording_id, FileKind::Signal)
+            .await
+            .unwrap();
         let stored_total: i64 = sb
             .catalog
             .files("demo", &r.recording_id, FileKind::Events)
@@ -81,7 +97,14 @@ async fn real_files_are_stored_losslessly(options: Options) {
             }
             let mut got = Vec::new();
             for f in files.iter().filter(|f| f.channel_index == Some(i as i64)) {
-                let b = sb.store.get(&f.path.as_str().into()).await.unwrap().bytes().await.unwrap();
+                let b = sb
+                    .store
+                    .get(&f.path.as_str().into())
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap();
                 let (first, values) = read_signal_file(b, &f.path).unwrap();
                 assert_eq!(first as usize, got.len());
                 got.extend(values);
@@ -111,8 +134,12 @@ async fn the_same_bytes_give_the_same_recording() {
     let sb = Sandbox::start().await;
     let mut client = sb.client().await;
     let path = &real_files()[0];
-    let a = upload_file(&mut client, path, RecordingMetadata::default(), &hidden()).await.unwrap();
-    let b = upload_file(&mut client, path, RecordingMetadata::default(), &hidden()).await.unwrap();
+    let a = upload_file(&mut client, path, RecordingMetadata::default(), &hidden())
+        .await
+        .unwrap();
+    let b = upload_file(&mut client, path, RecordingMetadata::default(), &hidden())
+        .await
+        .unwrap();
     assert_eq!(a.recording_id, b.recording_id);
     assert!(!a.deduplicated && b.deduplicated);
     // Concurrent uploads of new bytes race; one recording comes out.
@@ -123,10 +150,15 @@ async fn the_same_bytes_give_the_same_recording() {
         let mut c = sb.client().await;
         let p = p.clone();
         tasks.push(tokio::spawn(async move {
-            upload_file(&mut c, &p, RecordingMetadata::default(), &indicatif::ProgressBar::hidden())
-                .await
-                .unwrap()
-                .recording_id
+            upload_file(
+                &mut c,
+                &p,
+                RecordingMetadata::default(),
+                &indicatif::ProgressBar::hidden(),
+            )
+            .await
+            .unwrap()
+            .recording_id
         }));
     }
     let mut ids = Vec::new();
@@ -147,7 +179,14 @@ async fn the_same_bytes_give_the_same_recording() {
 
 /// Sends `start` and chunks of `data` from `from`, then breaks the connection (or ends the
 /// stream cleanly when `clean`) without finishing.
-async fn send_part(sb: &Sandbox, id: &str, data: &[u8], from: usize, to: usize, clean: bool) -> Option<tonic::Status> {
+async fn send_part(
+    sb: &Sandbox,
+    id: &str,
+    data: &[u8],
+    from: usize,
+    to: usize,
+    clean: bool,
+) -> Option<tonic::Status> {
     let mut client = sb.client().await;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let start = UploadRequest {
@@ -159,7 +198,9 @@ async fn send_part(sb: &Sandbox, id: &str, data: &[u8], from: usize, to: usize, 
         })),
     };
     let call = tokio::spawn(async move {
-        client.upload(tokio_stream::wrappers::ReceiverStream::new(rx)).await
+        client
+            .upload(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
     });
     tx.send(start).await.unwrap();
     let mut at = from;
@@ -206,36 +247,100 @@ async fn an_upload_resumes_after_a_dropped_connection() {
     assert!(held > 0 && held <= (data.len() * 2 / 5) as u64);
 
     // Second connection: ends cleanly before finish; the server says where to resume.
-    let status = send_part(&sb, &id, &data, held as usize, data.len() * 3 / 4, true).await.unwrap();
+    let status = send_part(&sb, &id, &data, held as usize, data.len() * 3 / 4, true)
+        .await
+        .unwrap();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("resume at"), "{status:?}");
-    let held2 = client.get_upload(GetUploadRequest { upload_id: id.clone() }).await.unwrap().into_inner().received_bytes;
-    assert_eq!(held2, (data.len() * 3 / 4) as u64, "a clean end stages everything received");
+    let held2 = client
+        .get_upload(GetUploadRequest {
+            upload_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .received_bytes;
+    assert_eq!(
+        held2,
+        (data.len() * 3 / 4) as u64,
+        "a clean end stages everything received"
+    );
 
     // Resuming at a wrong offset is refused and names the right one.
-    let err = upload_file_as(&mut client, &path, RecordingMetadata::default(), &id, 7, &hidden()).await.unwrap_err();
+    let err = upload_file_as(
+        &mut client,
+        &path,
+        RecordingMetadata::default(),
+        &id,
+        7,
+        &hidden(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), Some(Code::FailedPrecondition));
-    assert!(err.to_string().contains(&format!("resume at {held2}")), "{err}");
+    assert!(
+        err.to_string().contains(&format!("resume at {held2}")),
+        "{err}"
+    );
 
     // Resume from what the server holds: the recording is whole.
-    let r = upload_file_as(&mut client, &path, RecordingMetadata::default(), &id, held2, &hidden()).await.unwrap();
+    let r = upload_file_as(
+        &mut client,
+        &path,
+        RecordingMetadata::default(),
+        &id,
+        held2,
+        &hidden(),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.counts.unwrap().samples, 8 * 256 * 60);
-    let rec = client.get_recording(GetRecordingRequest { recording_id: r.recording_id.clone() }).await.unwrap().into_inner();
+    let rec = client
+        .get_recording(GetRecordingRequest {
+            recording_id: r.recording_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     use sha2::Digest;
     assert_eq!(rec.source_sha256, hex::encode(sha2::Sha256::digest(&data)));
     // The staged parts are gone; asking again about the upload gives the recording.
-    let after = client.get_upload(GetUploadRequest { upload_id: id.clone() }).await.unwrap().into_inner();
+    let after = client
+        .get_upload(GetUploadRequest {
+            upload_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(after.recording_id, r.recording_id);
-    assert!(sb.stored_files().iter().all(|(p, _)| !p.to_string_lossy().contains("staging")));
+    assert!(
+        sb.stored_files()
+            .iter()
+            .all(|(p, _)| !p.to_string_lossy().contains("staging"))
+    );
     // A retried finish of the committed upload returns the same recording.
-    let again = upload_file_as(&mut client, &path, RecordingMetadata::default(), &id, 0, &hidden()).await.unwrap();
+    let again = upload_file_as(
+        &mut client,
+        &path,
+        RecordingMetadata::default(),
+        &id,
+        0,
+        &hidden(),
+    )
+    .await
+    .unwrap();
     assert_eq!(again.recording_id, r.recording_id);
     sb.stop().await;
 }
 
 async fn wait_for_bytes(client: &mut gbrain_cli::client::Ingest, id: &str) -> u64 {
     for _ in 0..50 {
-        if let Ok(r) = client.get_upload(GetUploadRequest { upload_id: id.into() }).await {
+        if let Ok(r) = client
+            .get_upload(GetUploadRequest {
+                upload_id: id.into(),
+            })
+            .await
+        {
             let n = r.into_inner().received_bytes;
             if n > 0 {
                 return n;
@@ -262,30 +367,100 @@ async fn broken_streams_get_clear_errors() {
         })),
     };
     let chunk = |offset: u64, d: &[u8]| UploadRequest {
-        kind: Some(Kind::Chunk(UploadChunk { offset, data: bytes::Bytes::copy_from_slice(d) })),
+        kind: Some(Kind::Chunk(UploadChunk {
+            offset,
+            data: bytes::Bytes::copy_from_slice(d),
+        })),
     };
-    let finish = |sha: &str| UploadRequest { kind: Some(Kind::Finish(UploadFinish { sha256: sha.into() })) };
+    let finish = |sha: &str| UploadRequest {
+        kind: Some(Kind::Finish(UploadFinish { sha256: sha.into() })),
+    };
     let n = data.len() as u64;
     let cases: Vec<(&str, Vec<UploadRequest>, Code, &str)> = vec![
-        ("chunk at the wrong offset", vec![start("a1", 0, n), chunk(0, &data[..100]), chunk(50, &data[100..200])], Code::FailedPrecondition, "chunk.offset"),
-        ("unknown upload id", vec![start("never-started", 4096, n), chunk(4096, &data[4096..])], Code::FailedPrecondition, "upload_id"),
-        ("upload over the maximum size", vec![start("a2", 0, 2 << 20)], Code::ResourceExhausted, "size_bytes"),
-        ("no start first", vec![chunk(0, &data)], Code::InvalidArgument, "start"),
-        ("bad upload id", vec![start("../../etc", 0, n)], Code::InvalidArgument, "upload_id"),
-        ("more bytes than declared", vec![start("a3", 0, 10), chunk(0, &data[..20])], Code::InvalidArgument, "chunk.data"),
-        ("finish before all bytes", vec![start("a4", 0, n), chunk(0, &data[..100]), finish("")], Code::InvalidArgument, "finish"),
-        ("checksum mismatch", vec![start("a5", 0, n), chunk(0, &data), finish(&"0".repeat(64))], Code::InvalidArgument, "finish.sha256"),
-        ("empty file", vec![start("a6", 0, 0), finish("")], Code::InvalidArgument, "size_bytes"),
+        (
+            "chunk at the wrong offset",
+            vec![
+                start("a1", 0, n),
+                chunk(0, &data[..100]),
+                chunk(50, &data[100..200]),
+            ],
+            Code::FailedPrecondition,
+            "chunk.offset",
+        ),
+        (
+            "unknown upload id",
+            vec![start("never-started", 4096, n), chunk(4096, &data[4096..])],
+            Code::FailedPrecondition,
+            "upload_id",
+        ),
+        (
+            "upload over the maximum size",
+            vec![start("a2", 0, 2 << 20)],
+            Code::ResourceExhausted,
+            "size_bytes",
+        ),
+        (
+            "no start first",
+            vec![chunk(0, &data)],
+            Code::InvalidArgument,
+            "start",
+        ),
+        (
+            "bad upload id",
+            vec![start("../../etc", 0, n)],
+            Code::InvalidArgument,
+            "upload_id",
+        ),
+        (
+            "more bytes than declared",
+            vec![start("a3", 0, 10), chunk(0, &data[..20])],
+            Code::InvalidArgument,
+            "chunk.data",
+        ),
+        (
+            "finish before all bytes",
+            vec![start("a4", 0, n), chunk(0, &data[..100]), finish("")],
+            Code::InvalidArgument,
+            "finish",
+        ),
+        (
+            "checksum mismatch",
+            vec![start("a5", 0, n), chunk(0, &data), finish(&"0".repeat(64))],
+            Code::InvalidArgument,
+            "finish.sha256",
+        ),
+        (
+            "empty file",
+            vec![start("a6", 0, 0), finish("")],
+            Code::InvalidArgument,
+            "size_bytes",
+        ),
     ];
     for (what, messages, code, field) in cases {
-        let status = client.upload(tokio_stream::iter(messages)).await.unwrap_err();
+        let status = client
+            .upload(tokio_stream::iter(messages))
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), code, "{what}: {status:?}");
-        assert!(status.message().starts_with(field), "{what}: {:?}", status.message());
+        assert!(
+            status.message().starts_with(field),
+            "{what}: {:?}",
+            status.message()
+        );
     }
-    let listed = client.list_recordings(ListRecordingsRequest::default()).await.unwrap().into_inner();
+    let listed = client
+        .list_recordings(ListRecordingsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(listed.recordings.is_empty());
     // A checksum mismatch discards the upload: nothing to resume.
-    let status = client.get_upload(GetUploadRequest { upload_id: "a5".into() }).await.unwrap_err();
+    let status = client
+        .get_upload(GetUploadRequest {
+            upload_id: "a5".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     sb.stop().await;
 }
@@ -295,46 +470,92 @@ async fn tenants_and_roles_are_enforced() {
     let sb = Sandbox::start().await;
     let mut admin = sb.client().await;
     let path = &real_files()[0];
-    let mine = upload_file(&mut admin, path, RecordingMetadata::default(), &hidden()).await.unwrap();
+    let mine = upload_file(&mut admin, path, RecordingMetadata::default(), &hidden())
+        .await
+        .unwrap();
 
     // No token, a wrong token: Unauthenticated. Health needs none.
     for token in [None, Some("not-a-token")] {
         let mut c = sb.client_with(token).await;
-        let s = c.list_recordings(ListRecordingsRequest::default()).await.unwrap_err();
+        let s = c
+            .list_recordings(ListRecordingsRequest::default())
+            .await
+            .unwrap_err();
         assert_eq!(s.code(), Code::Unauthenticated);
     }
     let mut health = tonic_health::pb::health_client::HealthClient::new(sb.channel().await);
     let h = health
-        .check(tonic_health::pb::HealthCheckRequest { service: gbrain_ingest::SERVICE_NAME.into() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: gbrain_ingest::SERVICE_NAME.into(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(h.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        h.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
     // Another tenant sees nothing of demo's and gets its own recording of the same bytes.
     let mut other = sb.client_with(Some(OTHER_TENANT_TOKEN)).await;
-    let s = other.get_recording(GetRecordingRequest { recording_id: mine.recording_id.clone() }).await.unwrap_err();
+    let s = other
+        .get_recording(GetRecordingRequest {
+            recording_id: mine.recording_id.clone(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(s.code(), Code::NotFound);
     let s = other
-        .export_recording(ExportRecordingRequest { recording_id: mine.recording_id.clone(), format: 0 })
+        .export_recording(ExportRecordingRequest {
+            recording_id: mine.recording_id.clone(),
+            format: 0,
+        })
         .await
         .err()
         .unwrap();
     assert_eq!(s.code(), Code::NotFound);
-    assert!(other.list_recordings(ListRecordingsRequest::default()).await.unwrap().into_inner().recordings.is_empty());
-    let theirs = upload_file(&mut other, path, RecordingMetadata::default(), &hidden()).await.unwrap();
+    assert!(
+        other
+            .list_recordings(ListRecordingsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .recordings
+            .is_empty()
+    );
+    let theirs = upload_file(&mut other, path, RecordingMetadata::default(), &hidden())
+        .await
+        .unwrap();
     assert_ne!(theirs.recording_id, mine.recording_id);
     assert!(!theirs.deduplicated);
-    let mut their_rec = other.get_recording(GetRecordingRequest { recording_id: theirs.recording_id.clone() }).await.unwrap().into_inner();
-    let mut my_rec = admin.get_recording(GetRecordingRequest { recording_id: mine.recording_id.clone() }).await.unwrap().into_inner();
-    assert_ne!(their_rec.subject_pseudonym, my_rec.subject_pseudonym, "pseudonym keys are per tenant");
+    let mut their_rec = other
+        .get_recording(GetRecordingRequest {
+            recording_id: theirs.recording_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut my_rec = admin
+        .get_recording(GetRecordingRequest {
+            recording_id: mine.recording_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(
+        their_rec.subject_pseudonym, my_rec.subject_pseudonym,
+        "pseudonym keys are per tenant"
+    );
     their_rec.subject_pseudonym.clear();
     my_rec.subject_pseudonym.clear();
 
     // Roles: a submitter cannot export, an analyst cannot upload.
     let mut submitter = sb.client_with(Some(SUBMITTER_TOKEN)).await;
     let s = submitter
-        .export_recording(ExportRecordingRequest { recording_id: mine.recording_id.clone(), format: 0 })
+        .export_recording(ExportRecordingRequest {
+            recording_id: mine.recording_id.clone(),
+            format: 0,
+        })
         .await
         .err()
         .unwrap();
@@ -344,6 +565,14 @@ async fn tenants_and_roles_are_enforced() {
         Err(UploadError::Rejected(s)) => assert_eq!(s.code(), Code::PermissionDenied),
         other => panic!("{other:?}"),
     }
-    assert!(analyst.export_recording(ExportRecordingRequest { recording_id: mine.recording_id.clone(), format: 0 }).await.is_ok());
+    assert!(
+        analyst
+            .export_recording(ExportRecordingRequest {
+                recording_id: mine.recording_id.clone(),
+                format: 0
+            })
+            .await
+            .is_ok()
+    );
     sb.stop().await;
 }

@@ -42,11 +42,9 @@ pub async fn ingest(args: &ClientArgs) -> anyhow::Result<Ingest> {
         .connect()
         .await
         .with_context(|| format!("cannot reach {}", args.server))?;
-    Ok(
-        IngestServiceClient::with_interceptor(channel, bearer)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20),
-    )
+    Ok(IngestServiceClient::with_interceptor(channel, bearer)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
 }
 
 /// A gRPC status as a one-line error.

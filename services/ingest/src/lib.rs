@@ -205,7 +205,8 @@ pub async fn run(
     http: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let store = gbrain_storage::store::open(&config.object_store_url, &config.object_store_options)?;
+    let store =
+        gbrain_storage::store::open(&config.object_store_url, &config.object_store_options)?;
     let catalog = Catalog::connect(&config.catalog_url).await?;
     let mut registry = Registry::default();
     let metrics = IngestMetrics::register(&mut registry);

@@ -496,8 +496,9 @@ impl Ingest {
         let uploaded = uploader
             .await
             .map_err(|e| Error::Internal(format!("uploader: {e}")))?;
-        let (header, deid, converted) = converted?;
+        // A failed write stops the conversion too; its error is the cause worth reporting.
         files.extend(uploaded?);
+        let (header, deid, converted) = converted?;
         Ok((header, deid, converted))
     }
 

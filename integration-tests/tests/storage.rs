@@ -1,0 +1,246 @@
+//! Storage beyond the local directory: a real S3 server, and crashes simulated by an object
+//! store that fails.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures::stream::BoxStream;
+use gbrain_cli::upload::upload_file;
+use gbrain_common::clock::MockClock;
+use gbrain_formats::edf::read_to_memory;
+use gbrain_integration_tests::files::Spec;
+use gbrain_integration_tests::tools::{SeaweedFs, data_dir};
+use gbrain_integration_tests::{Options, Sandbox};
+use gbrain_proto::ingest::v1::{
+    ExportRecordingRequest, ListRecordingsRequest, RecordingMetadata, export_recording_response,
+};
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+
+async fn export(client: &mut gbrain_cli::client::Ingest, id: &str) -> Vec<u8> {
+    let mut stream = client
+        .export_recording(ExportRecordingRequest {
+            recording_id: id.into(),
+            format: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        if let Some(export_recording_response::Kind::Data(d)) = m.kind {
+            out.extend_from_slice(&d);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recordings_round_trip_through_s3() {
+    let s3 = SeaweedFs::start();
+    let store =
+        gbrain_storage::store::open(&format!("s3://{}/tenant-data", s3.bucket), &s3.options())
+            .unwrap();
+    let mut options = Options {
+        store: Some(Arc::clone(&store)),
+        ..Options::default()
+    };
+    options.config.part_bytes = 256 * 1024;
+    let sb = Sandbox::start_with(options).await;
+    let mut client = sb.client().await;
+    for f in ["test_generator.edf", "test_generator.bdf"] {
+        let path = data_dir().join("eeg_edf").join(f);
+        let src = std::fs::read(&path).unwrap();
+        let r = upload_file(
+            &mut client,
+            &path,
+            RecordingMetadata::default(),
+            &indicatif::ProgressBar::hidden(),
+        )
+        .await
+        .unwrap();
+        let back = export(&mut client, &r.recording_id).await;
+        let a = read_to_memory(&src[..], src.len() as u64).unwrap();
+        let b = read_to_memory(&back[..], back.len() as u64).unwrap();
+        assert_eq!(a.samples, b.samples, "{f}");
+    }
+    // The objects are in the bucket, under the prefix; no staged bytes are left.
+    use futures::TryStreamExt;
+    let listed: Vec<ObjectMeta> = store.list(None).try_collect().await.unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|m| m.location.as_ref().starts_with("data/signals/tenant=demo/"))
+    );
+    assert!(
+        listed
+            .iter()
+            .all(|m| !m.location.as_ref().starts_with("staging/"))
+    );
+    sb.stop().await;
+}
+
+/// An object store that fails every write after the first `allowed`, and every delete: a
+/// process that died mid-write, as far as storage can tell.
+#[derive(Debug)]
+struct Dying {
+    inner: Arc<dyn ObjectStore>,
+    allowed: usize,
+    writes: AtomicUsize,
+    dead: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Display for Dying {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Dying({})", self.inner)
+    }
+}
+
+fn died() -> object_store::Error {
+    object_store::Error::Generic {
+        store: "dying",
+        source: "the process died".into(),
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Dying {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        let n = self.writes.fetch_add(1, Ordering::SeqCst);
+        if self.dead.load(Ordering::SeqCst)
+            && n >= self.allowed
+            && location.as_ref().starts_with("data/")
+        {
+            return Err(died());
+        }
+        self.inner.put_opts(location, payload, opts).await
+    }
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        if self.dead.load(Ordering::SeqCst) {
+            use futures::StreamExt;
+            return locations.map(|_| Err(died())).boxed();
+        }
+        self.inner.delete_stream(locations)
+    }
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_that_never_commit_are_invisible_and_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner =
+        gbrain_storage::store::open(&format!("file://{}", dir.path().display()), &[]).unwrap();
+    let dying = Arc::new(Dying {
+        inner: Arc::clone(&inner),
+        allowed: 3,
+        writes: AtomicUsize::new(0),
+        dead: std::sync::atomic::AtomicBool::new(true),
+    });
+    let clock = Arc::new(MockClock::new(1_700_000_000_000_000_000));
+    let mut options = Options {
+        store: Some(dying.clone()),
+        clock: clock.clone(),
+        ..Options::default()
+    };
+    options.config.convert.flush_bytes = 1;
+    options.config.convert.block_bytes = 64 * 1024;
+    let sb = Sandbox::start_with(options).await;
+    let mut client = sb.client().await;
+    let path = dir.path().join("r.edf");
+    std::fs::write(&path, Spec::eeg(8, 256, 60).bytes()).unwrap();
+    let err = upload_file(
+        &mut client,
+        &path,
+        RecordingMetadata::default(),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("Unavailable"), "{err}");
+    assert!(
+        client
+            .list_recordings(ListRecordingsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .recordings
+            .is_empty()
+    );
+    // Some signal files made it to storage before the "crash"; the cleanup could not run.
+    use futures::TryStreamExt;
+    let before: Vec<ObjectMeta> = inner
+        .list(Some(&Path::from("data")))
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(!before.is_empty());
+    assert_eq!(
+        sb.catalog.abandoned_writes(i64::MAX).await.unwrap().len(),
+        1
+    );
+
+    // Nothing is collected inside the grace period; after it, everything is.
+    dying.dead.store(false, Ordering::SeqCst);
+    assert_eq!(
+        sb.ingest.collect_garbage().await.unwrap(),
+        Default::default()
+    );
+    clock.advance_ns(2 * 3600 * 1_000_000_000);
+    let report = sb.ingest.collect_garbage().await.unwrap();
+    assert_eq!(report.writes, 1);
+    let after: Vec<ObjectMeta> = inner
+        .list(Some(&Path::from("data")))
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(after.is_empty(), "{after:?}");
+    // The failed upload's staged bytes expire with their upload.
+    clock.advance_ns(25 * 3600 * 1_000_000_000);
+    let report = sb.ingest.collect_garbage().await.unwrap();
+    assert_eq!(report.uploads, 1);
+    let staged: Vec<ObjectMeta> = inner
+        .list(Some(&Path::from("staging")))
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(staged.is_empty());
+    sb.stop().await;
+}
