@@ -1,1 +1,153 @@
-fn main() {}
+//! `cargo xtask`: the project's automation.
+//!
+//! - `cargo xtask demo`: builds, starts the embedded cluster, uploads sample recordings,
+//!   imports a BIDS dataset, appends events, exports, and says what happened.
+//! - `cargo xtask test`: fmt, clippy, then every test (unit, catalog on SQLite and PostgreSQL,
+//!   integration with real clients), after fetching what the tests need.
+//! - `cargo xtask bench`: the ingest benchmark, side by side with the Python pipelines.
+//! - `cargo xtask fuzz`: the parser fuzz target for a while.
+//!
+//! Everything fetched goes to a cache outside the clone (`$GBRAIN_CACHE`, default
+//! `~/.cache/gbrain`), keyed by what was asked for, so a second run reuses it and a fresh
+//! machine builds it from the package registries.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+mod demo;
+mod env;
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs the main job end to end on the embedded cluster.
+    Demo,
+    /// Runs every check and test.
+    Test {
+        /// Skip fmt and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for nextest (filters, --no-capture...).
+        #[arg(trailing_var_arg = true)]
+        rest: Vec<String>,
+    },
+    /// Runs the ingest benchmark (release build) beside the Python pipelines.
+    Bench {
+        /// Minutes of the generated recording (64 channels at 512 Hz).
+        #[arg(long, default_value_t = 60)]
+        minutes: u32,
+    },
+    /// Fuzzes the EDF/BDF and BIDS parsers (nightly toolchain and cargo-fuzz).
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let root = workspace_root()?;
+    std::env::set_current_dir(&root)?;
+    match args.command {
+        Cmd::Demo => demo::demo(&root),
+        Cmd::Test { no_lint, rest } => test(&root, no_lint, &rest),
+        Cmd::Bench { minutes } => bench(&root, minutes),
+        Cmd::Fuzz { seconds } => fuzz(&root, seconds),
+    }
+}
+
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Ok(here.parent().context("xtask has no parent")?.to_path_buf())
+}
+
+/// Runs a command, failing with its name when it fails.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn test(root: &Path, no_lint: bool, rest: &[String]) -> anyhow::Result<()> {
+    let tools = env::prepare(root, env::Purpose::Test)?;
+    if !no_lint {
+        run(cargo().args(["fmt", "--all", "--check"]))?;
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    run(cargo().args(["build", "--workspace", "--bins"]))?;
+    let mut cmd = if env::has_nextest() {
+        let mut c = cargo();
+        c.args(["nextest", "run", "--workspace", "--profile", "ci"]);
+        c
+    } else {
+        eprintln!("xtask: cargo-nextest not found, using cargo test");
+        let mut c = cargo();
+        c.args(["test", "--workspace"]);
+        c
+    };
+    cmd.args(rest);
+    tools.apply(&mut cmd, root);
+    run(&mut cmd)
+}
+
+fn bench(root: &Path, minutes: u32) -> anyhow::Result<()> {
+    let tools = env::prepare(root, env::Purpose::Bench)?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "gbrain-bench",
+        "--bin",
+        "ingest",
+    ]))?;
+    let mut cmd = Command::new(root.join("target/release/ingest"));
+    cmd.arg("--minutes").arg(minutes.to_string());
+    tools.apply(&mut cmd, root);
+    run(&mut cmd)
+}
+
+fn fuzz(root: &Path, seconds: u32) -> anyhow::Result<()> {
+    let has_fuzz = Command::new("cargo")
+        .args(["+nightly", "fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !has_fuzz {
+        run(Command::new("cargo").args(["+nightly", "install", "cargo-fuzz", "--locked"]))?;
+    }
+    let corpus = root.join("fuzz/corpus/edf");
+    std::fs::create_dir_all(&corpus)?;
+    let data = env::test_data(root)?;
+    for f in ["test_subsecond.edf", "test_generator.bdf"] {
+        let _ = std::fs::copy(data.join("eeg_edf").join(f), corpus.join(f));
+    }
+    run(Command::new("cargo")
+        .current_dir(root.join("fuzz"))
+        .args(["+nightly", "fuzz", "run", "edf", "corpus/edf", "--"])
+        .arg(format!("-max_total_time={seconds}")))
+}

@@ -138,7 +138,24 @@ impl Ingest {
         if let Some(sha) = &req.source_sha256
             && let Some(existing) = self.catalog.find_by_checksum(&tenant, sha).await?
         {
-            return self.outcome(&tenant, &existing, true).await;
+            let mut outcome = self.outcome(&tenant, &existing, true).await?;
+            let m = &req.metadata;
+            let labels = [
+                &m.subject,
+                &m.session,
+                &m.task,
+                &m.run,
+                &m.acquisition,
+                &m.datatype,
+            ];
+            if !m.sidecars.is_empty() || labels.iter().any(|l| !l.is_empty()) {
+                outcome.recording.warnings.push(format!(
+                    "these bytes are already recording {existing}; it keeps its own labels and \
+                     events, and the labels and sidecars sent with this upload were not applied \
+                     (append events with AppendEvents)"
+                ));
+            }
+            return Ok(outcome);
         }
         let format =
             SignalFormat::try_from(req.metadata.format_hint).unwrap_or(SignalFormat::Unspecified);
