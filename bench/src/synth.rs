@@ -2,16 +2,27 @@
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-/// Pink noise by Paul Kellet's refined filter over Gaussian-ish white noise, scaled to
-/// `std` digital units and clamped to int16. Deterministic for a seed.
+/// Pink noise by Paul Kellet's refined filter over Gaussian-ish white noise, scaled to a
+/// standard deviation of `std` digital units and clamped to int16. Deterministic for a seed.
 pub fn pink_i16(n: usize, std: f64, seed: u64) -> Vec<i16> {
+    let raw = pink_f64(n, seed);
+    let mean = raw.iter().sum::<f64>() / n.max(1) as f64;
+    let sd = (raw.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n.max(1) as f64).sqrt();
+    let scale = if sd > 0.0 { std / sd } else { 0.0 };
+    raw.iter()
+        .map(|v| {
+            ((v - mean) * scale)
+                .round()
+                .clamp(i16::MIN as f64, i16::MAX as f64) as i16
+        })
+        .collect()
+}
+
+fn pink_f64(n: usize, seed: u64) -> Vec<f64> {
     let mut rng = StdRng::seed_from_u64(seed);
     let (mut b0, mut b1, mut b2, mut b3, mut b4, mut b5, mut b6) =
         (0.0f64, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
     let mut out = Vec::with_capacity(n);
-    // Kellet's filter has a gain of about 0.11 per unit white std before scaling; 0.11 keeps
-    // `std` approximately right.
-    let scale = std * 0.11 / 0.3;
     for _ in 0..n {
         // Sum of uniforms: cheap and close enough to Gaussian.
         let white: f64 = (0..4).map(|_| rng.random::<f64>() - 0.5).sum::<f64>() * 1.7;
@@ -23,8 +34,7 @@ pub fn pink_i16(n: usize, std: f64, seed: u64) -> Vec<i16> {
         b5 = -0.7616 * b5 - white * 0.0168980;
         let pink = b0 + b1 + b2 + b3 + b4 + b5 + b6 + white * 0.5362;
         b6 = white * 0.115926;
-        let v = (pink * scale / 0.11).round();
-        out.push(v.clamp(i16::MIN as f64, i16::MAX as f64) as i16);
+        out.push(pink);
     }
     out
 }

@@ -39,6 +39,9 @@ pub async fn ingest(args: &ClientArgs) -> anyhow::Result<Ingest> {
     let bearer = Bearer::new(args.token.as_deref())?;
     let channel = Endpoint::from_shared(args.server.clone())
         .with_context(|| format!("invalid server address {:?}", args.server))?
+        .initial_stream_window_size(gbrain_common::server::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(gbrain_common::server::CONNECTION_WINDOW_BYTES)
+        .tcp_nodelay(true)
         .connect()
         .await
         .with_context(|| format!("cannot reach {}", args.server))?;

@@ -24,7 +24,7 @@ use crate::client::{self, Ingest};
 use crate::output;
 
 /// Bytes per chunk message.
-pub const CHUNK_BYTES: usize = 1 << 20;
+pub const CHUNK_BYTES: usize = 2 << 20;
 /// Attempts before an upload gives up.
 pub const ATTEMPTS: u32 = 6;
 

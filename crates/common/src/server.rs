@@ -24,6 +24,11 @@ use crate::{Error, Result};
 /// first upload message and may be a few MiB.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// HTTP/2 flow-control window of one stream, for servers and clients.
+pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+/// HTTP/2 flow-control window of one connection, for servers and clients.
+pub const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
+
 /// Everything [`serve`] needs, built by the caller.
 pub struct ServeArgs {
     /// The application services.
@@ -117,6 +122,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         }
     };
     tonic::transport::Server::builder()
+        // Uploads stream gigabytes: HTTP/2's default 64 KiB windows would cap them at one
+        // window per round trip.
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .tcp_nodelay(true)
         .layer(MetricsLayer::new(metrics))
         .layer(AuthLayer::new(auth))
         .add_routes(routes)

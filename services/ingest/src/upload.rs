@@ -92,6 +92,80 @@ impl Drop for SessionGuard<'_> {
     }
 }
 
+/// Stages an upload's parts: each part is written and hashed in the background while the
+/// stream goes on receiving, at most one part at a time, so the hash stays in order.
+struct Stager {
+    staging: gbrain_storage::staging::Staging,
+    tenant: String,
+    upload: String,
+    /// Bytes durably staged (and hashed).
+    staged: u64,
+    hasher: Sha256,
+    inflight: Option<tokio::task::JoinHandle<Result<(u64, Sha256)>>>,
+}
+
+impl Stager {
+    fn new(
+        staging: gbrain_storage::staging::Staging,
+        tenant: &str,
+        upload: &str,
+        staged: u64,
+        hasher: Sha256,
+    ) -> Self {
+        Self {
+            staging,
+            tenant: tenant.to_string(),
+            upload: upload.to_string(),
+            staged,
+            hasher,
+            inflight: None,
+        }
+    }
+
+    /// Waits for the part being written, if any.
+    async fn settle(&mut self) -> Result<()> {
+        if let Some(task) = self.inflight.take() {
+            let (staged, hasher) = task
+                .await
+                .map_err(|e| Error::Internal(format!("staging task: {e}")))??;
+            self.staged = staged;
+            self.hasher = hasher;
+        }
+        Ok(())
+    }
+
+    /// Starts writing `data` as the next part once the previous one is written.
+    async fn push(&mut self, data: Bytes) -> Result<()> {
+        self.settle().await?;
+        let staging = self.staging.clone();
+        let (tenant, upload) = (self.tenant.clone(), self.upload.clone());
+        let offset = self.staged;
+        let mut hasher = std::mem::take(&mut self.hasher);
+        self.inflight = Some(tokio::spawn(async move {
+            let len = data.len() as u64;
+            let to_hash = data.clone();
+            let hashing = tokio::task::spawn_blocking(move || {
+                hasher.update(&to_hash);
+                hasher
+            });
+            let put = staging.put_part(&tenant, &upload, offset, data);
+            let (hashed, put) = tokio::join!(hashing, put);
+            let hasher = hashed.map_err(|e| Error::Internal(format!("hashing: {e}")))?;
+            put?;
+            Ok((offset + len, hasher))
+        }));
+        Ok(())
+    }
+
+    /// Stages what is buffered and waits until every part is durable.
+    async fn flush(&mut self, buffer: &mut BytesMut) -> Result<()> {
+        if !buffer.is_empty() {
+            self.push(buffer.split().freeze()).await?;
+        }
+        self.settle().await
+    }
+}
+
 /// Upload ids are chosen by clients and become part of object paths.
 fn check_upload_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
@@ -249,7 +323,7 @@ impl Ingest {
         let size = row.size_bytes as u64;
 
         let mut session = self.sessions.acquire((t.to_string(), id.clone()))?;
-        let mut staged = self.staging.received(t, &id).await?;
+        let staged = self.staging.received(t, &id).await?;
         if start.offset != staged {
             session.keep = session.previous.take();
             return Err(Error::precondition(
@@ -260,10 +334,11 @@ impl Ingest {
                 ),
             ));
         }
-        let mut hasher = match session.previous.take() {
+        let hasher = match session.previous.take() {
             Some((at, h)) if at == staged => h,
             _ => self.rehash(t, &id).await?,
         };
+        let mut stager = Stager::new(self.staging.clone(), t, &id, staged, hasher);
 
         let mut buffer = BytesMut::new();
         let mut next = staged;
@@ -274,28 +349,25 @@ impl Ingest {
                 Some(Ok(m)) => m,
                 Some(Err(status)) => {
                     // The client went away: keep what arrived, for the resume.
-                    if let Err(e) = self
-                        .stage(t, &id, &mut staged, &mut buffer, &mut hasher)
-                        .await
-                    {
+                    if let Err(e) = stager.flush(&mut buffer).await {
                         break Err(e);
                     }
                     break Err(Error::Cancelled(format!(
-                        "upload stream broke ({}); {staged} bytes are held",
-                        status.message()
+                        "upload stream broke ({}); {} bytes are held",
+                        status.message(),
+                        stager.staged
                     )));
                 }
                 None => {
-                    if let Err(e) = self
-                        .stage(t, &id, &mut staged, &mut buffer, &mut hasher)
-                        .await
-                    {
+                    if let Err(e) = stager.flush(&mut buffer).await {
                         break Err(e);
                     }
                     break Err(Error::precondition(
                         "finish",
                         format!(
-                            "the stream ended before finish; {staged} of {size} bytes are held, resume at {staged}"
+                            "the stream ended before finish; {held} of {size} bytes are held, \
+                             resume at {held}",
+                            held = stager.staged
                         ),
                     ));
                 }
@@ -303,17 +375,14 @@ impl Ingest {
             match msg.kind {
                 Some(Kind::Chunk(c)) => {
                     if c.offset != next {
-                        if let Err(e) = self
-                            .stage(t, &id, &mut staged, &mut buffer, &mut hasher)
-                            .await
-                        {
+                        if let Err(e) = stager.flush(&mut buffer).await {
                             break Err(e);
                         }
                         break Err(Error::precondition(
                             "chunk.offset",
                             format!(
-                                "expected offset {next}, got {}; {staged} bytes are held",
-                                c.offset
+                                "expected offset {next}, got {}; {} bytes are held",
+                                c.offset, stager.staged
                             ),
                         ));
                     }
@@ -331,33 +400,32 @@ impl Ingest {
                     next += len;
                     buffer.extend_from_slice(&c.data);
                     if buffer.len() >= self.config.part_bytes
-                        && let Err(e) = self
-                            .stage(t, &id, &mut staged, &mut buffer, &mut hasher)
-                            .await
+                        && let Err(e) = stager.push(buffer.split().freeze()).await
                     {
                         break Err(e);
                     }
                 }
                 Some(Kind::Finish(f)) => {
-                    if let Err(e) = self
-                        .stage(t, &id, &mut staged, &mut buffer, &mut hasher)
-                        .await
-                    {
+                    if let Err(e) = stager.flush(&mut buffer).await {
                         break Err(e);
                     }
-                    if staged != size {
+                    if stager.staged != size {
                         break Err(Error::invalid(
                             "finish",
-                            format!("received {staged} of {size} bytes; send the rest first"),
+                            format!(
+                                "received {} of {size} bytes; send the rest first",
+                                stager.staged
+                            ),
                         ));
                     }
-                    let digest = hex::encode(hasher.clone().finalize());
+                    let digest = hex::encode(stager.hasher.clone().finalize());
                     if !f.sha256.is_empty() && !f.sha256.eq_ignore_ascii_case(&digest) {
                         self.forget_upload(t, &id).await;
                         // The bytes are wrong: nothing to resume.
                         return Err(Error::invalid(
                             "finish.sha256",
-                            "does not match the bytes received; the upload was discarded, start it again",
+                            "does not match the bytes received; the upload was discarded, start \
+                             it again",
                         ));
                     }
                     let finished = self.finish(tenant, &id, metadata, size, digest).await;
@@ -375,8 +443,10 @@ impl Ingest {
                 }
             }
         };
-        if result.is_err() && !forgotten {
-            session.keep = Some((staged, hasher));
+        // A part still being written finishes before the hash state is kept for a resume.
+        let settled = stager.settle().await;
+        if result.is_err() && !forgotten && settled.is_ok() {
+            session.keep = Some((stager.staged, stager.hasher));
         }
         result
     }
@@ -434,35 +504,6 @@ impl Ingest {
         if let Err(e) = self.catalog.delete_upload(t, id).await {
             tracing::warn!(upload_id = %id, error = %e, "upload row not deleted; gc will");
         }
-    }
-
-    /// Stages what is buffered, hashing it while it is written.
-    async fn stage(
-        &self,
-        t: &str,
-        id: &str,
-        staged: &mut u64,
-        buffer: &mut BytesMut,
-        hasher: &mut Sha256,
-    ) -> Result<()> {
-        if buffer.is_empty() {
-            return Ok(());
-        }
-        let data: Bytes = buffer.split().freeze();
-        let len = data.len() as u64;
-        let mut h = std::mem::take(hasher);
-        let to_hash = data.clone();
-        let hashing = tokio::task::spawn_blocking(move || {
-            h.update(&to_hash);
-            h
-        });
-        let put = self.staging.put_part(t, id, *staged, data);
-        let (hashed, put) = tokio::join!(hashing, put);
-        let h = hashed.map_err(|e| Error::Internal(format!("hashing: {e}")))?;
-        put?;
-        *hasher = h;
-        *staged += len;
-        Ok(())
     }
 
     /// Hashes the staged parts of an upload again (after a restart).
