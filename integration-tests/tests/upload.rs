@@ -58,7 +58,7 @@ async fn real_files_are_stored_losslessly(options: Options) {
         let r = upload_file(&mut client, &path, RecordingMetadata::default(), &hidden())
             .await
             .unwrap();
-        let counts = r.counts.clone().unwrap();
+        let counts = r.counts.unwrap();
         let want_samples: usize = reference.samples.iter().map(Vec::len).sum();
         assert_eq!(counts.samples as usize, want_samples);
         assert_eq!(counts.events as usize, reference.timeline.annotations.len());

@@ -6,7 +6,7 @@ use gbrain_proto::ingest::v1::{Recording, UploadResponse};
 use serde_json::{Value, json};
 
 pub fn upload_json(file: &str, r: &UploadResponse) -> Value {
-    let c = r.counts.clone().unwrap_or_default();
+    let c = r.counts.unwrap_or_default();
     json!({
         "file": file,
         "recording_id": r.recording_id,
@@ -24,7 +24,7 @@ pub fn upload_json(file: &str, r: &UploadResponse) -> Value {
 }
 
 pub fn upload_line(file: &str, r: &UploadResponse) -> String {
-    let c = r.counts.clone().unwrap_or_default();
+    let c = r.counts.unwrap_or_default();
     let ratio = if r.source_bytes > 0 {
         r.stored_bytes as f64 / r.source_bytes as f64
     } else {
@@ -53,7 +53,7 @@ pub fn upload_line(file: &str, r: &UploadResponse) -> String {
 }
 
 pub fn recording_json(r: &Recording) -> Value {
-    let c = r.counts.clone().unwrap_or_default();
+    let c = r.counts.unwrap_or_default();
     json!({
         "recording_id": r.recording_id,
         "subject_pseudonym": r.subject_pseudonym,

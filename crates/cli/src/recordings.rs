@@ -39,7 +39,7 @@ pub async fn list(limit: u32, args: ClientArgs) -> anyhow::Result<ExitCode> {
             "recording", "format", "subject", "signals", "samples", "events"
         );
         for r in &all {
-            let c = r.counts.clone().unwrap_or_default();
+            let c = r.counts.unwrap_or_default();
             println!(
                 "{:<36}  {:<6}  {:<20}  {:>8}  {:>11}  {:>7}  {}",
                 r.recording_id,

@@ -92,14 +92,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
 
-    let http = match http_listener {
-        Some(listener) => Some(tokio::spawn(serve_http(
-            listener,
-            registry,
-            shutdown.clone(),
-        ))),
-        None => None,
-    };
+    let http = http_listener
+        .map(|listener| tokio::spawn(serve_http(listener, registry, shutdown.clone())));
 
     let local = grpc_listener.local_addr()?;
     tracing::info!(addr = %local, services = ?service_names, "grpc server listening");

@@ -12,6 +12,6 @@ mod tsv;
 
 pub use channels::{BidsChannel, CHANNEL_TYPES, parse_channels_tsv};
 pub use events::{BidsEvent, parse_events_tsv};
-pub use layout::{BidsDataset, BidsRun, Datatype, parse_entities, scan_dataset};
+pub use layout::{BidsDataset, BidsRun, Datatype, FileName, parse_entities, scan_dataset};
 pub use participants::{Participant, parse_participants_tsv};
 pub use sidecar::{SignalSidecar, parse_signal_sidecar};

@@ -288,7 +288,7 @@ pub fn read_signal_file(bytes: Bytes, path: &str) -> Result<(u64, Vec<i32>)> {
             .as_any()
             .downcast_ref::<Int64Array>()
             .ok_or_else(|| corrupt("sample_index is not int64".into()))?;
-        if index.len() > 0
+        if !index.is_empty()
             && (index.value(0) != expect
                 || index.value(index.len() - 1) != expect + index.len() as i64 - 1)
         {

@@ -83,8 +83,19 @@ pub struct BidsDataset {
     pub runs: Vec<BidsRun>,
 }
 
+/// A BIDS file name taken apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileName {
+    /// `(key, value)` in order, such as `("sub", "01")`.
+    pub entities: Vec<(String, String)>,
+    /// `eeg`, `events`, `channels`...
+    pub suffix: String,
+    /// Everything after the first dot: `edf`, `nii.gz`.
+    pub extension: String,
+}
+
 /// Splits `sub-01_task-x_run-1_eeg.edf` into entities, suffix and extension.
-pub fn parse_entities(file_name: &str) -> Option<(Vec<(String, String)>, String, String)> {
+pub fn parse_entities(file_name: &str) -> Option<FileName> {
     let (base, ext) = match file_name.find('.') {
         Some(p) => (&file_name[..p], &file_name[p + 1..]),
         None => (file_name, ""),
@@ -102,7 +113,11 @@ pub fn parse_entities(file_name: &str) -> Option<(Vec<(String, String)>, String,
         }
         entities.push((k.to_string(), v.to_string()));
     }
-    Some((entities, suffix.to_string(), ext.to_string()))
+    Some(FileName {
+        entities,
+        suffix: suffix.to_string(),
+        extension: ext.to_string(),
+    })
 }
 
 /// Walks a dataset. Folders named `derivatives`, `sourcedata` and `code`, and hidden ones, are
@@ -146,10 +161,15 @@ pub fn scan_dataset(root: &Path) -> Result<BidsDataset> {
             continue;
         }
         let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-        let Some((entities, suffix, ext)) = parse_entities(&file_name) else {
+        let Some(FileName {
+            entities,
+            suffix,
+            extension: ext,
+        }) = parse_entities(&file_name)
+        else {
             continue;
         };
-        if !entities.first().is_some_and(|(k, _)| k == "sub") {
+        if entities.first().is_none_or(|(k, _)| k != "sub") {
             continue;
         }
         let is_signal = SIGNAL_SUFFIXES.contains(&suffix.as_str()) && ext != "json" && ext != "tsv";
@@ -228,10 +248,11 @@ fn inherited(
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let (ents, suf, ex) = parse_entities(&name)?;
-                let applies =
-                    suf == suffix && ex == ext && ents.iter().all(|kv| entities.contains(kv));
-                applies.then(|| (ents.len(), e.path()))
+                let f = parse_entities(&name)?;
+                let applies = f.suffix == suffix
+                    && f.extension == ext
+                    && f.entities.iter().all(|kv| entities.contains(kv));
+                applies.then(|| (f.entities.len(), e.path()))
             })
             .collect();
         here.sort();
@@ -269,13 +290,16 @@ mod tests {
 
     #[test]
     fn parses_entities() {
-        let (e, s, x) = parse_entities("sub-01_ses-a_task-rest_run-1_eeg.edf").unwrap();
-        assert_eq!(e.len(), 4);
-        assert_eq!(e[2], ("task".to_string(), "rest".to_string()));
-        assert_eq!((s.as_str(), x.as_str()), ("eeg", "edf"));
-        let (_, s, x) = parse_entities("sub-01_bold.nii.gz").unwrap();
-        assert_eq!((s.as_str(), x.as_str()), ("bold", "nii.gz"));
-        assert!(parse_entities("README").is_some_and(|(e, _, _)| e.is_empty()));
+        let f = parse_entities("sub-01_ses-a_task-rest_run-1_eeg.edf").unwrap();
+        assert_eq!(f.entities.len(), 4);
+        assert_eq!(f.entities[2], ("task".to_string(), "rest".to_string()));
+        assert_eq!((f.suffix.as_str(), f.extension.as_str()), ("eeg", "edf"));
+        let f = parse_entities("sub-01_bold.nii.gz").unwrap();
+        assert_eq!(
+            (f.suffix.as_str(), f.extension.as_str()),
+            ("bold", "nii.gz")
+        );
+        assert!(parse_entities("README").is_some_and(|f| f.entities.is_empty()));
         assert!(parse_entities("sub-01_task-").is_none());
     }
 

@@ -123,7 +123,7 @@ impl<'a> RecordBlock<'a> {
     /// Wraps `n` whole records of `header`'s layout that are already in memory.
     pub fn new(header: &Header, data: &'a [u8], first_record: u64) -> Result<Self> {
         let record_bytes = header.record_bytes();
-        if record_bytes == 0 || data.len() % record_bytes != 0 {
+        if record_bytes == 0 || !data.len().is_multiple_of(record_bytes) {
             return Err(Error::invalid(
                 "data_records",
                 format!(
