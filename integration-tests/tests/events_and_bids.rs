@@ -373,8 +373,16 @@ fn eeg_dataset(dir: &Path) {
             b"name\ttype\tunits\nEEG C0\tEEG\tuV\nEEG C1\tEOG\tuV\nEEG C2\tEMG\tuV\n",
         );
     }
-    // sub-02's own sidecar drops a required field (it overrides the dataset-level one).
+    // sub-02's own sidecar sets SoftwareFilters to null, which the dataset-level one cannot
+    // mend; a third subject's sidecar lacks PowerLineFrequency altogether.
     write(dir, "sub-02/eeg/sub-02_task-oddball_eeg.json", br#"{"TaskName":"oddball","EEGReference":"Cz","SamplingFrequency":256,"PowerLineFrequency":50,"SoftwareFilters":null}"#);
+    let base = "sub-03/eeg/sub-03_task-rest";
+    write(
+        dir,
+        &format!("{base}_eeg.edf"),
+        &Spec::eeg(3, 256, 5).bytes(),
+    );
+    write(dir, &format!("{base}_eeg.json"), br#"{"TaskName":"rest","EEGReference":"Cz","SamplingFrequency":256,"SoftwareFilters":"n/a"}"#);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -385,7 +393,7 @@ async fn a_bids_eeg_dataset_imports_signals_with_their_sidecars() {
     eeg_dataset(dir.path());
     let report = import(&mut client, dir.path(), None, true).await.unwrap();
     assert_eq!(report.dataset, "oddball-demo");
-    assert_eq!(report.runs.len(), 2);
+    assert_eq!(report.runs.len(), 3);
     let ok = &report.runs[0];
     assert!(!ok.events_only);
     assert_eq!((ok.samples, ok.events), (3 * 256 * 20, 2));
@@ -395,6 +403,11 @@ async fn a_bids_eeg_dataset_imports_signals_with_their_sidecars() {
     assert!(
         err.contains("InvalidArgument") && err.contains("SoftwareFilters"),
         "{err}"
+    );
+    let missing = report.runs[2].signal_error.as_deref().unwrap();
+    assert!(
+        missing.contains("PowerLineFrequency: required field missing"),
+        "{missing}"
     );
 
     let rec = client

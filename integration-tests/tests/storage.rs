@@ -184,17 +184,34 @@ async fn writes_that_never_commit_are_invisible_and_collected() {
     options.config.convert.block_bytes = 64 * 1024;
     let sb = Sandbox::start_with(options).await;
     let mut client = sb.client().await;
-    let path = dir.path().join("r.edf");
-    std::fs::write(&path, Spec::eeg(8, 256, 60).bytes()).unwrap();
-    let err = upload_file(
-        &mut client,
-        &path,
-        RecordingMetadata::default(),
-        &indicatif::ProgressBar::hidden(),
-    )
-    .await
-    .unwrap_err();
-    assert!(err.to_string().contains("Unavailable"), "{err}");
+    let data = Spec::eeg(8, 256, 60).bytes();
+    // One attempt, without the client's retries.
+    use gbrain_proto::ingest::v1::upload_request::Kind;
+    use gbrain_proto::ingest::v1::{UploadChunk, UploadFinish, UploadRequest, UploadStart};
+    let messages = vec![
+        UploadRequest {
+            kind: Some(Kind::Start(UploadStart {
+                upload_id: "dies".into(),
+                metadata: Some(RecordingMetadata::default()),
+                offset: 0,
+                size_bytes: data.len() as u64,
+            })),
+        },
+        UploadRequest {
+            kind: Some(Kind::Chunk(UploadChunk {
+                offset: 0,
+                data: data.clone().into(),
+            })),
+        },
+        UploadRequest {
+            kind: Some(Kind::Finish(UploadFinish::default())),
+        },
+    ];
+    let err = client
+        .upload(tokio_stream::iter(messages))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert!(
         client
             .list_recordings(ListRecordingsRequest::default())

@@ -576,3 +576,58 @@ async fn tenants_and_roles_are_enforced() {
     );
     sb.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fractional_records_mixed_rates_and_unknown_record_counts() {
+    use gbrain_integration_tests::files::SignalSpec;
+    let sb = Sandbox::start().await;
+    let mut client = sb.client().await;
+    let mut spec = Spec::eeg(0, 1, 40);
+    spec.record_duration = "0.25".into();
+    spec.signals = vec![
+        SignalSpec::eeg("EEG Fast", 100, false),
+        SignalSpec::eeg("Resp", 1, false),
+        SignalSpec::eeg("EEG Odd", 7, false),
+    ];
+    spec.num_records_text = Some("-1".into());
+    spec.subsecond = 0.125;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_temp(dir.path(), "mixed.edf", &spec.bytes());
+    let r = upload_file(&mut client, &path, RecordingMetadata::default(), &hidden())
+        .await
+        .unwrap();
+    assert_eq!(r.counts.unwrap().records, 40, "counted from the file size");
+    let rec = client
+        .get_recording(GetRecordingRequest {
+            recording_id: r.recording_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let rates: Vec<f64> = rec.channels.iter().map(|c| c.sample_rate).collect();
+    assert_eq!(rates[..3], [400.0, 4.0, 28.0]);
+    assert!((rec.duration_s - 10.0).abs() < 1e-9);
+    assert!(rec.start_time.contains(".125"), "{}", rec.start_time);
+    let mut stream = client
+        .export_recording(ExportRecordingRequest {
+            recording_id: r.recording_id,
+            format: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        if let Some(gbrain_proto::ingest::v1::export_recording_response::Kind::Data(d)) = m.kind {
+            out.extend_from_slice(&d);
+        }
+    }
+    let back = read_to_memory(&out[..], out.len() as u64).unwrap();
+    assert_eq!(back.header.record_duration_text, "0.25");
+    assert_eq!(back.header.num_records, 40);
+    assert_eq!(back.timeline.start_offset, 0.125);
+    for s in 0..3 {
+        assert_eq!(back.samples[s], spec.samples(s));
+    }
+    sb.stop().await;
+}
