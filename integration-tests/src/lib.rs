@@ -244,6 +244,26 @@ impl Sandbox {
     }
 }
 
+/// The bytes of an export, read to the end of the stream.
+pub async fn export_bytes(client: &mut IngestClient, recording_id: &str) -> Vec<u8> {
+    use gbrain_proto::ingest::v1::{ExportRecordingRequest, export_recording_response};
+    let mut stream = client
+        .export_recording(ExportRecordingRequest {
+            recording_id: recording_id.into(),
+            format: 0,
+        })
+        .await
+        .expect("export")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = stream.message().await.expect("export stream") {
+        if let Some(export_recording_response::Kind::Data(d)) = m.kind {
+            out.extend_from_slice(&d);
+        }
+    }
+    out
+}
+
 async fn drop_schema(url: &str, schema: &str) {
     use sqlx::Connection;
     if let Ok(mut conn) = sqlx::PgConnection::connect(url).await {

@@ -10,33 +10,13 @@ use gbrain_common::clock::MockClock;
 use gbrain_formats::edf::read_to_memory;
 use gbrain_integration_tests::files::Spec;
 use gbrain_integration_tests::tools::{SeaweedFs, data_dir};
-use gbrain_integration_tests::{Options, Sandbox};
-use gbrain_proto::ingest::v1::{
-    ExportRecordingRequest, ListRecordingsRequest, RecordingMetadata, export_recording_response,
-};
+use gbrain_integration_tests::{Options, Sandbox, export_bytes};
+use gbrain_proto::ingest::v1::{ListRecordingsRequest, RecordingMetadata};
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
     PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
-
-async fn export(client: &mut gbrain_cli::client::Ingest, id: &str) -> Vec<u8> {
-    let mut stream = client
-        .export_recording(ExportRecordingRequest {
-            recording_id: id.into(),
-            format: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(m) = stream.message().await.unwrap() {
-        if let Some(export_recording_response::Kind::Data(d)) = m.kind {
-            out.extend_from_slice(&d);
-        }
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn recordings_round_trip_through_s3() {
@@ -62,7 +42,7 @@ async fn recordings_round_trip_through_s3() {
         )
         .await
         .unwrap();
-        let back = export(&mut client, &r.recording_id).await;
+        let back = export_bytes(&mut client, &r.recording_id).await;
         let a = read_to_memory(&src[..], src.len() as u64).unwrap();
         let b = read_to_memory(&back[..], back.len() as u64).unwrap();
         assert_eq!(a.samples, b.samples, "{f}");

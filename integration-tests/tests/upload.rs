@@ -608,20 +608,7 @@ async fn fractional_records_mixed_rates_and_unknown_record_counts() {
     assert_eq!(rates[..3], [400.0, 4.0, 28.0]);
     assert!((rec.duration_s - 10.0).abs() < 1e-9);
     assert!(rec.start_time.contains(".125"), "{}", rec.start_time);
-    let mut stream = client
-        .export_recording(ExportRecordingRequest {
-            recording_id: r.recording_id,
-            format: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(m) = stream.message().await.unwrap() {
-        if let Some(gbrain_proto::ingest::v1::export_recording_response::Kind::Data(d)) = m.kind {
-            out.extend_from_slice(&d);
-        }
-    }
+    let out = gbrain_integration_tests::export_bytes(&mut client, &r.recording_id).await;
     let back = read_to_memory(&out[..], out.len() as u64).unwrap();
     assert_eq!(back.header.record_duration_text, "0.25");
     assert_eq!(back.header.num_records, 40);

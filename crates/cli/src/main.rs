@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use gbrain_common::clap_blocks::{
-    AuthArgs, CatalogArgs, ClientArgs, IngestArgs, LogArgs, ObjectStoreArgs, ServerArgs,
+    AuthArgs, ClientArgs, IngestArgs, IngestServeArgs, LogArgs, ServerArgs,
 };
 
 use gbrain_cli::{bids, upload};
@@ -108,17 +108,7 @@ enum ServeRole {
     /// The ingest service.
     Ingest {
         #[command(flatten)]
-        server: ServerArgs,
-        #[command(flatten)]
-        auth: AuthArgs,
-        #[command(flatten)]
-        store: ObjectStoreArgs,
-        #[command(flatten)]
-        catalog: CatalogArgs,
-        #[command(flatten)]
-        ingest: IngestArgs,
-        #[command(flatten)]
-        log: LogArgs,
+        args: IngestServeArgs,
     },
 }
 
@@ -197,16 +187,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             log,
         } => serve::up(data_dir, server, auth, ingest, log).await,
         Command::Serve {
-            role:
-                ServeRole::Ingest {
-                    server,
-                    auth,
-                    store,
-                    catalog,
-                    ingest,
-                    log,
-                },
-        } => serve::ingest(server, auth, store, catalog, ingest, log).await,
+            role: ServeRole::Ingest { args },
+        } => serve::ingest(args).await,
         Command::Upload {
             files,
             subject,

@@ -7,12 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use gbrain_common::auth::{Authenticator, generate_token};
-use gbrain_common::clap_blocks::{
-    AuthArgs, CatalogArgs, IngestArgs, LogArgs, ObjectStoreArgs, ServerArgs,
-};
+use gbrain_common::clap_blocks::{AuthArgs, IngestArgs, IngestServeArgs, LogArgs, ServerArgs};
+use gbrain_common::server::{bind, cancel_on_signal};
 use gbrain_common::tenant::TenantId;
 use gbrain_ingest::{IngestConfig, ServeConfig};
-use tokio_util::sync::CancellationToken;
 
 /// The tenant of the development token.
 const DEV_TENANT: &str = "demo";
@@ -54,27 +52,20 @@ pub async fn up(
 }
 
 /// The ingest service as its own process.
-pub async fn ingest(
-    server: ServerArgs,
-    auth: AuthArgs,
-    store: ObjectStoreArgs,
-    catalog: CatalogArgs,
-    ingest: IngestArgs,
-    log: LogArgs,
-) -> anyhow::Result<ExitCode> {
-    gbrain_common::telemetry::init(log.log_format, std::env::var("RUST_LOG").ok().as_deref());
-    let auth_file = auth
+pub async fn ingest(args: IngestServeArgs) -> anyhow::Result<ExitCode> {
+    gbrain_common::telemetry::init(
+        args.log.log_format,
+        std::env::var("RUST_LOG").ok().as_deref(),
+    );
+    let auth_file = args
+        .auth
         .auth_file
+        .clone()
         .context("--auth-file (or GBRAIN_AUTH_FILE) is required for a service process")?;
-    let config = ServeConfig {
-        ingest: IngestConfig::from_args(&ingest),
-        object_store_url: store.object_store,
-        object_store_options: gbrain_storage::store::aws_options(std::env::vars()),
-        catalog_url: catalog.catalog,
-        auth: Arc::new(Authenticator::from_file(&auth_file)?),
-        drain_delay: Duration::from_secs(server.drain_seconds),
-    };
-    serve_until_signal(config, &server, "ingest").await
+    let auth = Arc::new(Authenticator::from_file(&auth_file)?);
+    let aws = gbrain_storage::store::aws_options(std::env::vars());
+    let config = ServeConfig::from_args(&args, auth, aws);
+    serve_until_signal(config, &args.server, "ingest").await
 }
 
 async fn serve_until_signal(
@@ -82,24 +73,13 @@ async fn serve_until_signal(
     server: &ServerArgs,
     what: &str,
 ) -> anyhow::Result<ExitCode> {
-    let grpc = tokio::net::TcpListener::bind(server.listen)
-        .await
-        .with_context(|| format!("binding gRPC {}", server.listen))?;
-    let http = tokio::net::TcpListener::bind(server.http)
-        .await
-        .with_context(|| format!("binding HTTP {}", server.http))?;
+    let (grpc, http) = bind(server).await?;
     println!(
         "{what}: gRPC on {}, metrics on http://{}/metrics",
         grpc.local_addr()?,
         http.local_addr()?
     );
-    let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        gbrain_common::server::shutdown_signal().await;
-        signal.cancel();
-    });
-    gbrain_ingest::run(config, grpc, Some(http), shutdown).await?;
+    gbrain_ingest::run(config, grpc, Some(http), cancel_on_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -97,3 +97,20 @@ pub struct ClientArgs {
     #[arg(long, global = true)]
     pub json: bool,
 }
+
+/// Everything `gbrain serve ingest` and `gbrain-ingest` take.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IngestServeArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub store: ObjectStoreArgs,
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+    #[command(flatten)]
+    pub ingest: IngestArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}

@@ -177,6 +177,28 @@ pub async fn serve_http(
     Ok(())
 }
 
+/// Binds the gRPC and HTTP listeners of a server process.
+pub async fn bind(server: &crate::clap_blocks::ServerArgs) -> Result<(TcpListener, TcpListener)> {
+    let grpc = TcpListener::bind(server.listen)
+        .await
+        .map_err(|e| Error::Config(format!("cannot listen on {} for gRPC: {e}", server.listen)))?;
+    let http = TcpListener::bind(server.http)
+        .await
+        .map_err(|e| Error::Config(format!("cannot listen on {} for HTTP: {e}", server.http)))?;
+    Ok((grpc, http))
+}
+
+/// A token cancelled on SIGTERM or SIGINT, for binaries.
+pub fn cancel_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let signal = token.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        signal.cancel();
+    });
+    token
+}
+
 /// Waits for SIGTERM or SIGINT (Ctrl-C), for binaries.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

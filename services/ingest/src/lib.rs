@@ -197,6 +197,25 @@ pub struct ServeConfig {
     pub drain_delay: Duration,
 }
 
+impl ServeConfig {
+    /// The configuration of a service process from its command line. `object_store_options`
+    /// are the `aws_*` settings the binary collected from its environment.
+    pub fn from_args(
+        args: &gbrain_common::clap_blocks::IngestServeArgs,
+        auth: Arc<Authenticator>,
+        object_store_options: Vec<(String, String)>,
+    ) -> Self {
+        Self {
+            ingest: IngestConfig::from_args(&args.ingest),
+            object_store_url: args.store.object_store.clone(),
+            object_store_options,
+            catalog_url: args.catalog.catalog.clone(),
+            auth,
+            drain_delay: Duration::from_secs(args.server.drain_seconds),
+        }
+    }
+}
+
 /// Runs the ingest service until `shutdown`: opens the store and catalog, serves gRPC on
 /// `grpc` and metrics on `http`, and collects garbage in the background.
 pub async fn run(
