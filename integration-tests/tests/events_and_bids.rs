@@ -472,3 +472,64 @@ async fn a_bids_eeg_dataset_imports_signals_with_their_sidecars() {
     assert!(err.contains("column onset"), "{err}");
     sb.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crowd_of_events_exports_without_bloating_every_record() {
+    let sb = Sandbox::start().await;
+    let mut client = sb.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.edf");
+    std::fs::write(&path, Spec::eeg(1, 128, 120).bytes()).unwrap();
+    let rec = upload_file(
+        &mut client,
+        &path,
+        RecordingMetadata::default(),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .await
+    .unwrap()
+    .recording_id;
+    // 600 responses within one second, some with control characters in their text.
+    let events: Vec<Event> = (0..600)
+        .map(|i| Event {
+            onset: Some(10.0 + f64::from(i) / 1000.0),
+            duration: None,
+            r#type: if i % 100 == 0 {
+                "key\u{14}press".into()
+            } else {
+                "keypress".into()
+            },
+            value: String::new(),
+            sample: None,
+            response_time: None,
+            extra: Default::default(),
+        })
+        .collect();
+    client
+        .append_events(AppendEventsRequest {
+            recording_id: rec.clone(),
+            events,
+            source: "task".into(),
+            idempotency_key: String::new(),
+            events_tsv: None,
+        })
+        .await
+        .unwrap();
+    let out = gbrain_integration_tests::export_bytes(&mut client, &rec).await;
+    let scan = gbrain_formats::edf::read_to_memory(&out[..], out.len() as u64).unwrap();
+    assert_eq!(scan.timeline.annotations.len(), 600);
+    assert!(
+        scan.timeline
+            .annotations
+            .iter()
+            .any(|a| a.text == "key press")
+    );
+    let mut onsets: Vec<f64> = scan.timeline.annotations.iter().map(|a| a.onset).collect();
+    onsets.sort_by(f64::total_cmp);
+    assert!((onsets[0] - 10.0).abs() < 1e-6 && (onsets[599] - 10.599).abs() < 1e-6);
+    // Spread over the 120 records, each record's annotation signal holds about 5 events, not
+    // all 600: the file stays near the signal's own size.
+    let source_len = std::fs::metadata(&path).unwrap().len() as usize;
+    assert!(out.len() < source_len * 2, "{} vs {source_len}", out.len());
+    sb.stop().await;
+}

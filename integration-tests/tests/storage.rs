@@ -241,3 +241,111 @@ async fn writes_that_never_commit_are_invisible_and_collected() {
     assert!(staged.is_empty());
     sb.stop().await;
 }
+
+/// A store whose staging writes fail once, after the first few: the upload stops with a
+/// retryable error, and the resumed upload's hash still covers every byte.
+#[derive(Debug)]
+struct Flaky {
+    inner: Arc<dyn ObjectStore>,
+    staged_puts: AtomicUsize,
+    fail_at: usize,
+}
+
+impl std::fmt::Display for Flaky {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Flaky({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Flaky {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        if location.as_ref().starts_with("staging/")
+            && self.staged_puts.fetch_add(1, Ordering::SeqCst) == self.fail_at
+        {
+            return Err(died());
+        }
+        self.inner.put_opts(location, payload, opts).await
+    }
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_staging_write_is_retried_without_losing_the_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner =
+        gbrain_storage::store::open(&format!("file://{}", dir.path().display()), &[]).unwrap();
+    let flaky = Arc::new(Flaky {
+        inner,
+        staged_puts: AtomicUsize::new(0),
+        fail_at: 1,
+    });
+    let mut options = Options {
+        store: Some(flaky.clone()),
+        ..Options::default()
+    };
+    options.config.part_bytes = 64 * 1024;
+    let sb = Sandbox::start_with(options).await;
+    let mut client = sb.client().await;
+    let path = dir.path().join("r.edf");
+    // Three 2 MiB chunks, staged as three parts; the second part's write fails.
+    let spec = Spec::eeg(16, 512, 300);
+    std::fs::write(&path, spec.bytes()).unwrap();
+    // The client sends the file's SHA-256 at the end; the server checks it against its own
+    // hash of the staged parts, across the failure and the resume.
+    let r = upload_file(
+        &mut client,
+        &path,
+        RecordingMetadata::default(),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.counts.unwrap().samples, 16 * 512 * 300);
+    assert!(
+        flaky.staged_puts.load(Ordering::SeqCst) > 3,
+        "the failure happened and was retried"
+    );
+    let back = export_bytes(&mut client, &r.recording_id).await;
+    let scan = read_to_memory(&back[..], back.len() as u64).unwrap();
+    assert_eq!(scan.samples[0], spec.samples(0));
+    sb.stop().await;
+}

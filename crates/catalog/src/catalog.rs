@@ -185,12 +185,13 @@ impl Catalog {
     pub async fn create_upload(&self, upload: &UploadRow) -> Result<UploadRow> {
         let insert = sqlx::query(
             "INSERT INTO uploads (tenant, upload_id, metadata, size_bytes, created_ns, \
-             recording_id) VALUES ($1, $2, $3, $4, $5, NULL)",
+             updated_ns, recording_id) VALUES ($1, $2, $3, $4, $5, $6, NULL)",
         )
         .bind(&upload.tenant)
         .bind(&upload.upload_id)
         .bind(&upload.metadata)
         .bind(upload.size_bytes)
+        .bind(upload.created_ns)
         .bind(upload.created_ns)
         .execute(&self.pool)
         .await;
@@ -216,12 +217,24 @@ impl Catalog {
         row.map(|r| upload_from(&r)).transpose()
     }
 
-    /// Uploads created before `before_ns`, committed or not: after their time to live their
-    /// staged bytes are garbage either way (a crash between commit and cleanup can leave some).
+    /// Records activity on an upload, so that it does not expire while a client works on it.
+    pub async fn touch_upload(&self, tenant: &str, upload_id: &str, now_ns: i64) -> Result<()> {
+        sqlx::query("UPDATE uploads SET updated_ns = $1 WHERE tenant = $2 AND upload_id = $3")
+            .bind(now_ns)
+            .bind(tenant)
+            .bind(upload_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Uploads with no activity since `before_ns`, committed or not: after their time to live
+    /// their staged bytes are garbage either way (a crash between commit and cleanup can leave
+    /// some).
     pub async fn expired_uploads(&self, before_ns: i64) -> Result<Vec<UploadRow>> {
         let rows = sqlx::query(
             "SELECT tenant, upload_id, metadata, size_bytes, created_ns, recording_id \
-             FROM uploads WHERE created_ns < $1",
+             FROM uploads WHERE updated_ns < $1",
         )
         .bind(before_ns)
         .fetch_all(&self.pool)
@@ -425,10 +438,14 @@ impl Catalog {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("DELETE FROM pending_writes WHERE write_id = $1")
+        let cleared = sqlx::query("DELETE FROM pending_writes WHERE write_id = $1")
             .bind(&rec.write_id)
             .execute(&mut *tx)
             .await?;
+        if cleared.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Err(Error::WriteCollected(rec.write_id.clone()));
+        }
         tx.commit().await?;
         Ok(CommitOutcome::Committed)
     }
@@ -559,7 +576,7 @@ impl Catalog {
 
     /// Attaches an events file to a recording and bumps its event count, in one transaction,
     /// clearing the pending write. With an idempotency key that was used before, nothing
-    /// changes.
+    /// changes. The transaction writes first, so that SQLite takes its write lock at once.
     pub async fn append_events(
         &self,
         tenant: &str,
@@ -569,18 +586,20 @@ impl Catalog {
         write_id: &str,
     ) -> Result<AppendOutcome> {
         let mut tx = self.pool.begin().await?;
-        let exists = sqlx::query(
-            "SELECT num_events FROM recordings WHERE tenant = $1 AND recording_id = $2",
+        let updated = sqlx::query(
+            "UPDATE recordings SET num_events = num_events + $1, stored_bytes = stored_bytes + $2 \
+             WHERE tenant = $3 AND recording_id = $4",
         )
+        .bind(file.num_rows)
+        .bind(file.size_bytes)
         .bind(tenant)
         .bind(recording_id)
-        .fetch_optional(&mut *tx)
+        .execute(&mut *tx)
         .await?;
-        let Some(exists) = exists else {
+        if updated.rows_affected() == 0 {
             tx.rollback().await?;
             return Ok(AppendOutcome::UnknownRecording);
-        };
-        let before: i64 = exists.try_get("num_events")?;
+        }
         if let Some(key) = idempotency_key {
             let insert = sqlx::query(
                 "INSERT INTO event_appends (tenant, recording_id, idempotency_key, num_events) \
@@ -593,34 +612,47 @@ impl Catalog {
             .execute(&mut *tx)
             .await;
             if let Err(e) = insert {
+                tx.rollback().await?;
                 if is_unique_violation(&e) {
-                    tx.rollback().await?;
                     return Ok(AppendOutcome::Duplicate {
-                        total_events: before,
+                        total_events: self.num_events(tenant, recording_id).await?,
                     });
                 }
                 return Err(e.into());
             }
         }
         insert_file(&mut tx, tenant, recording_id, file).await?;
-        sqlx::query(
-            "UPDATE recordings SET num_events = num_events + $1, stored_bytes = stored_bytes + $2 \
-             WHERE tenant = $3 AND recording_id = $4",
-        )
-        .bind(file.num_rows)
-        .bind(file.size_bytes)
-        .bind(tenant)
-        .bind(recording_id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM pending_writes WHERE write_id = $1")
+        let cleared = sqlx::query("DELETE FROM pending_writes WHERE write_id = $1")
             .bind(write_id)
             .execute(&mut *tx)
             .await?;
+        if cleared.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Err(Error::WriteCollected(write_id.to_string()));
+        }
+        let total: i64 = sqlx::query(
+            "SELECT num_events FROM recordings WHERE tenant = $1 AND recording_id = $2",
+        )
+        .bind(tenant)
+        .bind(recording_id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("num_events")?;
         tx.commit().await?;
         Ok(AppendOutcome::Appended {
-            total_events: before + file.num_rows,
+            total_events: total,
         })
+    }
+
+    async fn num_events(&self, tenant: &str, recording_id: &str) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT num_events FROM recordings WHERE tenant = $1 AND recording_id = $2",
+        )
+        .bind(tenant)
+        .bind(recording_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("num_events")?)
     }
 
     /// Inserts or replaces participants.

@@ -22,6 +22,7 @@ pub(crate) fn migrations(dialect: Dialect) -> Vec<Vec<String>> {
             metadata TEXT NOT NULL,
             size_bytes BIGINT NOT NULL,
             created_ns BIGINT NOT NULL,
+            updated_ns BIGINT NOT NULL,
             recording_id TEXT,
             PRIMARY KEY (tenant, upload_id)
         )"

@@ -148,6 +148,37 @@ fn recording(tenant: &str, id: &str, sha: &str) -> NewRecording {
     }
 }
 
+/// Registers the pending write a commit clears, as the ingest service does first.
+async fn pending(c: &Catalog, tenant: &str, write_id: &str) {
+    c.begin_write(&PendingWrite {
+        write_id: write_id.into(),
+        tenant: tenant.into(),
+        prefixes: vec![format!("data/x/{write_id}")],
+        created_ns: 1,
+    })
+    .await
+    .unwrap();
+}
+
+async fn commit(c: &Catalog, rec: &NewRecording) -> CommitOutcome {
+    pending(c, &rec.row.tenant, &rec.write_id).await;
+    c.commit_recording(rec).await.unwrap()
+}
+
+async fn append(
+    c: &Catalog,
+    tenant: &str,
+    rec: &str,
+    file: &DataFileRow,
+    key: Option<&str>,
+    write_id: &str,
+) -> AppendOutcome {
+    pending(c, tenant, write_id).await;
+    c.append_events(tenant, rec, file, key, write_id)
+        .await
+        .unwrap()
+}
+
 async fn tenant_keys_are_created_once(c: &Catalog) {
     // Connecting again re-runs the migration check against the same database.
     let key = c.tenant_key("t", 1, || "aa".into()).await.unwrap();
@@ -194,25 +225,37 @@ async fn commits_atomically_and_deduplicates(c: &Catalog) {
     let mut again = recording("a", "r2", "sha1");
     again.files[0].path.push_str(".2");
     assert_eq!(
-        c.commit_recording(&again).await.unwrap(),
+        commit(c, &again).await,
         CommitOutcome::Duplicate {
             recording_id: "r1".into()
         }
     );
     assert!(c.get_recording("a", "r2").await.unwrap().is_none());
     assert!(c.channels("a", "r2").await.unwrap().is_empty());
+
+    // A commit whose pending write garbage collection already took commits nothing.
+    let late = recording("a", "r3", "sha3");
+    pending(c, "a", &late.write_id).await;
+    c.end_write(&late.write_id).await.unwrap();
+    assert!(matches!(
+        c.commit_recording(&late).await,
+        Err(gbrain_catalog::Error::WriteCollected(_))
+    ));
+    assert!(c.get_recording("a", "r3").await.unwrap().is_none());
+    assert!(
+        c.files("a", "r3", FileKind::Signal)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 both!(commits_atomically_and_deduplicates);
 
 async fn tenants_never_see_each_other(c: &Catalog) {
-    c.commit_recording(&recording("a", "r1", "sha1"))
-        .await
-        .unwrap();
+    commit(c, &recording("a", "r1", "sha1")).await;
     // Tenant b may store the same bytes: checksums are per tenant.
     assert_eq!(
-        c.commit_recording(&recording("b", "r9", "sha1"))
-            .await
-            .unwrap(),
+        commit(c, &recording("b", "r9", "sha1")).await,
         CommitOutcome::Committed
     );
     assert!(c.get_recording("b", "r1").await.unwrap().is_none());
@@ -244,7 +287,7 @@ async fn tenants_never_see_each_other(c: &Catalog) {
         size_bytes: 100,
     };
     assert_eq!(
-        c.append_events("b", "r1", &file, None, "w").await.unwrap(),
+        append(c, "b", "r1", &file, None, "w").await,
         AppendOutcome::UnknownRecording
     );
 }
@@ -257,7 +300,7 @@ async fn concurrent_commits_of_the_same_bytes_make_one_recording(c: &Catalog) {
         tasks.push(tokio::spawn(async move {
             let mut rec = recording("a", &format!("r{i}"), "same");
             rec.files[0].path = format!("p{i}");
-            c.commit_recording(&rec).await.unwrap()
+            commit(&c, &rec).await
         }));
     }
     let mut committed = 0;
@@ -292,7 +335,7 @@ async fn uploads_and_pages(c: &Catalog) {
     assert_eq!(c.expired_uploads(6).await.unwrap().len(), 1);
     let mut rec = recording("a", "r1", "s");
     rec.upload_id = Some("u1".into());
-    c.commit_recording(&rec).await.unwrap();
+    commit(c, &rec).await;
     assert_eq!(
         c.get_upload("a", "u1")
             .await
@@ -312,9 +355,7 @@ async fn uploads_and_pages(c: &Catalog) {
     assert!(c.get_upload("a", "u1").await.unwrap().is_none());
 
     for i in 2..7 {
-        c.commit_recording(&recording("a", &format!("r{i}"), &format!("s{i}")))
-            .await
-            .unwrap();
+        commit(c, &recording("a", &format!("r{i}"), &format!("s{i}"))).await;
     }
     let page1 = c.list_recordings("a", None, 4).await.unwrap();
     let page2 = c
@@ -326,9 +367,7 @@ async fn uploads_and_pages(c: &Catalog) {
 both!(uploads_and_pages);
 
 async fn appends_events_once_per_key(c: &Catalog) {
-    c.commit_recording(&recording("a", "r1", "s"))
-        .await
-        .unwrap();
+    commit(c, &recording("a", "r1", "s")).await;
     let file = |n: i64, p: &str| DataFileRow {
         path: p.into(),
         kind: FileKind::Events,
@@ -338,21 +377,15 @@ async fn appends_events_once_per_key(c: &Catalog) {
         size_bytes: 10,
     };
     assert_eq!(
-        c.append_events("a", "r1", &file(3, "e1"), Some("k"), "w1")
-            .await
-            .unwrap(),
+        append(c, "a", "r1", &file(3, "e1"), Some("k"), "w1").await,
         AppendOutcome::Appended { total_events: 5 }
     );
     assert_eq!(
-        c.append_events("a", "r1", &file(3, "e2"), Some("k"), "w2")
-            .await
-            .unwrap(),
+        append(c, "a", "r1", &file(3, "e2"), Some("k"), "w2").await,
         AppendOutcome::Duplicate { total_events: 5 }
     );
     assert_eq!(
-        c.append_events("a", "r1", &file(1, "e3"), None, "w3")
-            .await
-            .unwrap(),
+        append(c, "a", "r1", &file(1, "e3"), None, "w3").await,
         AppendOutcome::Appended { total_events: 6 }
     );
     let files = c.files("a", "r1", FileKind::Events).await.unwrap();

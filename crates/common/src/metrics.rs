@@ -1,6 +1,7 @@
 //! gRPC request metrics: a tower layer that counts every call by service, method and status
 //! code and times it, for the Prometheus endpoint.
 
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -68,17 +69,47 @@ impl GrpcMetrics {
 }
 
 /// Wraps the routes so every call is counted and timed.
+///
+/// Labels come only from the methods the server serves (`known`, as `/package.Service/Method`);
+/// any other path is labelled `unknown`, so requests, authenticated or not, cannot mint new
+/// series.
 #[derive(Clone, Debug)]
 pub struct MetricsLayer {
     metrics: Arc<GrpcMetrics>,
+    known: Arc<HashSet<String>>,
 }
 
 impl MetricsLayer {
-    pub fn new(metrics: GrpcMetrics) -> Self {
+    pub fn new(metrics: GrpcMetrics, known: HashSet<String>) -> Self {
         Self {
             metrics: Arc::new(metrics),
+            known: Arc::new(known),
         }
     }
+}
+
+/// The `/package.Service/Method` paths of the services in encoded file descriptor sets.
+pub fn method_paths(descriptor_sets: &[&[u8]]) -> HashSet<String> {
+    use prost::Message;
+    let mut out = HashSet::new();
+    for set in descriptor_sets {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(*set) else {
+            continue;
+        };
+        for file in set.file {
+            let package = file.package.unwrap_or_default();
+            for service in file.service {
+                let name = service.name.unwrap_or_default();
+                for method in service.method {
+                    out.insert(format!(
+                        "/{package}.{name}/{}",
+                        method.name.unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+    out
 }
 
 impl<S> tower::Layer<S> for MetricsLayer {
@@ -88,6 +119,7 @@ impl<S> tower::Layer<S> for MetricsLayer {
         MetricsService {
             inner,
             metrics: Arc::clone(&self.metrics),
+            known: Arc::clone(&self.known),
         }
     }
 }
@@ -96,6 +128,7 @@ impl<S> tower::Layer<S> for MetricsLayer {
 pub struct MetricsService<S> {
     inner: S,
     metrics: Arc<GrpcMetrics>,
+    known: Arc<HashSet<String>>,
 }
 
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for MetricsService<S>
@@ -119,7 +152,12 @@ where
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let (service, method) = split_path(req.uri().path());
+        let path = req.uri().path();
+        let (service, method) = if self.known.contains(path) {
+            split_path(path)
+        } else {
+            ("unknown".to_string(), "unknown".to_string())
+        };
         let labels = MethodLabels { service, method };
         let recorder = Recorder::start(Arc::clone(&self.metrics), labels);
         Box::pin(async move {
@@ -269,5 +307,7 @@ mod tests {
         assert_eq!(code_name(b"3"), "InvalidArgument");
         assert_eq!(code_name(b"0"), "Ok");
         assert_eq!(code_name(b"x"), "Unknown");
+        let known = method_paths(&[tonic_health::pb::FILE_DESCRIPTOR_SET]);
+        assert!(known.contains("/grpc.health.v1.Health/Check"));
     }
 }

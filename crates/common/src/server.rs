@@ -76,7 +76,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
     let mut reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-    for set in descriptor_sets {
+    for set in &descriptor_sets {
         reflection_v1 = reflection_v1.register_encoded_file_descriptor_set(set);
         reflection_v1alpha = reflection_v1alpha.register_encoded_file_descriptor_set(set);
     }
@@ -91,6 +91,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
+    let mut all_sets = vec![
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ];
+    all_sets.extend(descriptor_sets.iter().copied());
+    let known = crate::metrics::method_paths(&all_sets);
 
     let http = http_listener
         .map(|listener| tokio::spawn(serve_http(listener, registry, shutdown.clone())));
@@ -121,7 +128,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .tcp_nodelay(true)
-        .layer(MetricsLayer::new(metrics))
+        .layer(MetricsLayer::new(metrics, known))
         .layer(AuthLayer::new(auth))
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), signal)

@@ -159,7 +159,7 @@ pub fn convert<R: Read>(
                 st.buf.clear();
                 block.samples_i32(signal, &mut st.buf);
                 if let Some(t) = st.triggers.as_mut() {
-                    t.push(&st.buf);
+                    t.push(&st.buf)?;
                 }
                 let samples = std::mem::take(&mut st.buf);
                 let pushed = st

@@ -34,6 +34,15 @@ pub enum Error {
     #[error("cancelled: {0}")]
     Cancelled(String),
 
+    /// Another call holds what this one needs; retrying later works.
+    #[error("{0}")]
+    Conflict(String),
+
+    /// The request stream itself failed (a message that did not decode or was too large, or a
+    /// client that went away): its status, unchanged.
+    #[error("request stream: {}", .0.message())]
+    Stream(tonic::Status),
+
     #[error("internal: {0}")]
     Internal(String),
 
@@ -73,7 +82,9 @@ impl Error {
             | Self::FailedPrecondition { .. }
             | Self::NotFound(_)
             | Self::TooLarge { .. }
-            | Self::Cancelled(_) => true,
+            | Self::Cancelled(_)
+            | Self::Conflict(_)
+            | Self::Stream(_) => true,
             Self::Format(e) => !matches!(e, gbrain_formats::Error::Io(_)),
             Self::Storage(_) | Self::Catalog(_) | Self::Internal(_) | Self::Startup(_) => false,
         }
@@ -110,6 +121,8 @@ impl From<Error> for Status {
             Error::Storage(_) => Status::unavailable(msg),
             Error::Catalog(_) => Status::unavailable(msg),
             Error::Cancelled(_) => Status::cancelled(msg),
+            Error::Conflict(_) => Status::aborted(msg),
+            Error::Stream(status) => status,
             Error::Internal(_) | Error::Startup(_) => Status::internal(msg),
         }
     }

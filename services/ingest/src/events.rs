@@ -53,11 +53,12 @@ pub fn trigger_rows(
     let rate = header.signals[status].sample_rate(header.record_duration);
     let time_of = |sample: u64| -> f64 {
         let record = sample / spr;
+        let after = timeline
+            .segments
+            .partition_point(|s| s.first_record <= record);
         let seg = timeline
             .segments
-            .iter()
-            .rev()
-            .find(|s| s.first_record <= record)
+            .get(after.saturating_sub(1))
             .or(timeline.segments.first());
         match seg {
             Some(s) => s.onset + (sample - s.first_record * spr) as f64 / rate,
@@ -246,20 +247,24 @@ impl Ingest {
             num_rows: rows.len() as i64,
             size_bytes: size,
         };
-        let put = self.store.put(&path, PutPayload::from(bytes)).await;
-        let outcome = match put {
-            Ok(_) => {
-                self.catalog
-                    .append_events(t, &req.recording_id, &file, key, &write.write_id)
-                    .await
-            }
-            Err(e) => Err(gbrain_catalog::Error::Corrupt(format!(
-                "writing events: {e}"
-            ))),
+        let outcome = match self.store.put(&path, PutPayload::from(bytes)).await {
+            Ok(_) => self
+                .catalog
+                .append_events(t, &req.recording_id, &file, key, &write.write_id)
+                .await
+                .map_err(Error::from),
+            Err(e) => Err(Error::Storage(e.into())),
         };
+        // Forget the write only once its object is gone; otherwise gc collects both.
         let undo = || async {
-            let _ = self.store.delete(&path).await;
-            let _ = self.catalog.end_write(&write.write_id).await;
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                    let _ = self.catalog.end_write(&write.write_id).await;
+                }
+                Err(e) => {
+                    tracing::warn!(write_id = %write.write_id, error = %e, "events file not deleted; gc will");
+                }
+            }
         };
         match outcome {
             Ok(AppendOutcome::Appended { total_events }) => {
@@ -287,7 +292,7 @@ impl Ingest {
             }
             Err(e) => {
                 undo().await;
-                Err(e.into())
+                Err(e)
             }
         }
     }

@@ -183,19 +183,46 @@ fn plan(
             v
         })
         .collect();
-    for e in events {
-        let Some(onset) = e.onset else { continue };
-        if e.source == "bdf_trigger" {
-            continue;
-        }
-        let text = match (&e.source[..], &e.value) {
-            ("edf_annotation", _) | (_, None) => e.event_type.clone(),
-            (_, Some(v)) => format!("{}={v}", e.event_type),
-        };
-        // Put each annotation in the record that holds its onset.
-        let r = onsets.partition_point(|o| *o <= onset).saturating_sub(1);
-        if let Some(tal) = tals.get_mut(r) {
-            write_tal(tal, sub_second + onset, e.duration, &[text.as_str()]);
+    // Each annotation goes in the record that holds its onset, unless that record is full:
+    // TAL onsets are absolute, so any record may carry any annotation, and spreading a crowd of
+    // events keeps the annotation signal (the same width in every record) from growing with it.
+    let mut entries: Vec<(usize, Vec<u8>)> = events
+        .iter()
+        .filter(|e| e.source != "bdf_trigger")
+        .filter_map(|e| {
+            let onset = e.onset?;
+            let text = match (&e.source[..], &e.value) {
+                ("edf_annotation", _) | (_, None) => e.event_type.clone(),
+                (_, Some(v)) => format!("{}={v}", e.event_type),
+            };
+            let natural = onsets.partition_point(|o| *o <= onset).saturating_sub(1);
+            let mut tal = Vec::new();
+            write_tal(&mut tal, sub_second + onset, e.duration, &[text.as_str()]);
+            Some((natural, tal))
+        })
+        .collect();
+    entries.sort_by_key(|(r, _)| *r);
+    if !tals.is_empty() {
+        let n = tals.len();
+        let keeper = tals.iter().map(Vec::len).max().unwrap_or(0);
+        let total: usize = entries.iter().map(|(_, t)| t.len()).sum();
+        let widest = entries.iter().map(|(_, t)| t.len()).max().unwrap_or(0);
+        let budget = keeper + widest.max(total.div_ceil(n));
+        let (mut cursor, mut wrap) = (0usize, 0usize);
+        for (natural, tal) in entries {
+            cursor = cursor.max(natural);
+            while cursor < n && tals[cursor].len() + tal.len() > budget {
+                cursor += 1;
+            }
+            let r = if cursor < n {
+                cursor
+            } else {
+                while wrap < n && tals[wrap].len() + tal.len() > budget {
+                    wrap += 1;
+                }
+                wrap.min(n - 1)
+            };
+            tals[r].extend_from_slice(&tal);
         }
     }
     let bps = encoding.bytes_per_sample();

@@ -31,10 +31,15 @@ impl Ingest {
         let mut report = GcReport::default();
         let upload_cutoff = now - self.config.upload_ttl.as_nanos() as i64;
         for up in self.catalog.expired_uploads(upload_cutoff).await? {
+            // A stream writing it here now keeps it, however old.
+            if self.sessions.is_active(&up.tenant, &up.upload_id) {
+                continue;
+            }
             self.staging.delete(&up.tenant, &up.upload_id).await?;
             self.catalog
                 .delete_upload(&up.tenant, &up.upload_id)
                 .await?;
+            self.sessions.forget(&up.tenant, &up.upload_id);
             report.uploads += 1;
         }
         let grace = WRITE_GRACE.min(self.config.upload_ttl);

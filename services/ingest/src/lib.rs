@@ -165,7 +165,11 @@ impl Ingest {
     ) -> Result<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.cpu.spawn(move || {
-            let _ = tx.send(f());
+            // A panic here must fail this request, not abort the process (rayon aborts on an
+            // unwinding task).
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+                .unwrap_or_else(|_| Err(Error::Internal("a conversion task panicked".into())));
+            let _ = tx.send(result);
         });
         rx.await
             .map_err(|_| Error::Internal("cpu task ended without a result".into()))?

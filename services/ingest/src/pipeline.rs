@@ -286,21 +286,34 @@ impl Ingest {
             None => deidentify_events_only(key, &meta.dataset, &meta.subject, &source_sha256),
         };
 
-        // Events: annotations and triggers from the file, then the BIDS events table.
-        let mut rows: Vec<EventRow> = Vec::new();
-        if let Some((header, _, converted)) = &signal {
-            let scrubber = policy.scrub_annotations.then_some(&deid.scrubber);
-            rows.extend(scrubbed_annotation_rows(&converted.timeline, scrubber));
-            if let Some((status, triggers)) = &converted.triggers {
-                rows.extend(trigger_rows(header, *status, triggers, &converted.timeline));
-            }
+        // Events: annotations and triggers from the file, then the BIDS events table, encoded
+        // on the CPU pool.
+        let scrub = policy.scrub_annotations;
+        let bids_events = sidecars.events.as_ref().map(|(_, e)| e.clone());
+        let (signal, num_events, events_file) = self
+            .on_cpu(move || {
+                let mut rows: Vec<EventRow> = Vec::new();
+                if let Some((header, deid, converted)) = &signal {
+                    let scrubber = scrub.then_some(&deid.scrubber);
+                    rows.extend(scrubbed_annotation_rows(&converted.timeline, scrubber));
+                    if let Some((status, triggers)) = &converted.triggers {
+                        rows.extend(trigger_rows(header, *status, triggers, &converted.timeline));
+                    }
+                }
+                if let Some(events) = &bids_events {
+                    rows.extend(bids_to_rows(events, "bids_events"));
+                }
+                let file = match rows.is_empty() {
+                    true => None,
+                    false => Some(write_events(&rows)?),
+                };
+                Ok((signal, rows.len(), file))
+            })
+            .await?;
+        if let Some((_, _, converted)) = &signal {
             warnings.extend(converted.timeline.warnings.iter().cloned());
         }
-        if let Some((_, events)) = &sidecars.events {
-            rows.extend(bids_to_rows(events, "bids_events"));
-        }
-        if !rows.is_empty() {
-            let bytes = write_events(&rows)?;
+        if let Some(bytes) = events_file {
             let path = layout::events_part(tenant, recording_id, "0-source");
             let size = bytes.len() as i64;
             self.store
@@ -312,7 +325,7 @@ impl Ingest {
                 kind: FileKind::Events,
                 channel_index: None,
                 first_row: 0,
-                num_rows: rows.len() as i64,
+                num_rows: num_events as i64,
                 size_bytes: size,
             });
         }
@@ -338,10 +351,11 @@ impl Ingest {
                     check_sampling_frequency(header, s, &mut warnings);
                 }
                 let segments = segment_rows(&converted.timeline);
-                let start_ns = deid.start.map(|s| {
-                    s.and_utc().timestamp_nanos_opt().unwrap_or(0)
-                        + (converted.timeline.start_offset * 1e9).round() as i64
-                });
+                let offset_ns = (converted.timeline.start_offset * 1e9).round() as i64;
+                let start_ns = deid
+                    .start
+                    .and_then(|s| s.and_utc().timestamp_nanos_opt())
+                    .and_then(|ns| ns.checked_add(offset_ns));
                 (
                     channels,
                     segments,
@@ -391,7 +405,7 @@ impl Ingest {
             num_signals: channels.iter().filter(|c| !c.is_annotation).count() as i64,
             num_annotation_signals: channels.iter().filter(|c| c.is_annotation).count() as i64,
             num_samples,
-            num_events: rows.len() as i64,
+            num_events: num_events as i64,
             patient_field: deid.patient_field.clone(),
             recording_field: deid.recording_field.clone(),
             warnings,

@@ -8,7 +8,7 @@
 //! are hashed again once.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
@@ -28,7 +28,7 @@ use crate::{Error, Ingest, Result};
 type SessionKey = (String, String);
 
 enum SessionState {
-    /// A stream is writing this upload now.
+    /// A stream is writing this upload now, or a part it started is still being written.
     Active,
     /// No stream is; the hash covers the first `staged` bytes.
     Idle { staged: u64, hasher: Sha256 },
@@ -36,13 +36,13 @@ enum SessionState {
 
 /// Upload streams in progress, so that two streams never write one upload and a resumed
 /// stream continues the hash.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Sessions {
-    inner: Mutex<HashMap<SessionKey, SessionState>>,
+    inner: Arc<Mutex<HashMap<SessionKey, SessionState>>>,
 }
 
 impl Sessions {
-    fn acquire(&self, key: SessionKey) -> Result<SessionGuard<'_>> {
+    fn acquire(&self, key: SessionKey) -> Result<Arc<SessionGuard>> {
         let mut map = self
             .inner
             .lock()
@@ -50,37 +50,74 @@ impl Sessions {
         let previous = match map.remove(&key) {
             Some(SessionState::Active) => {
                 map.insert(key.clone(), SessionState::Active);
-                return Err(Error::precondition(
-                    "upload_id",
-                    "another stream is writing this upload now; wait for it to end",
+                return Err(Error::Conflict(
+                    "upload_id: another stream is writing this upload now; retry when it ends"
+                        .into(),
                 ));
             }
             Some(SessionState::Idle { staged, hasher }) => Some((staged, hasher)),
             None => None,
         };
         map.insert(key.clone(), SessionState::Active);
-        Ok(SessionGuard {
-            sessions: self,
+        Ok(Arc::new(SessionGuard {
+            sessions: self.clone(),
             key,
-            previous,
-            keep: None,
-        })
+            previous: Mutex::new(previous),
+            keep: Mutex::new(None),
+        }))
+    }
+
+    /// Forgets an idle upload (its bytes were collected). An active one is left alone.
+    pub fn forget(&self, tenant: &str, upload: &str) {
+        if let Ok(mut map) = self.inner.lock() {
+            let key = (tenant.to_string(), upload.to_string());
+            if matches!(map.get(&key), Some(SessionState::Idle { .. })) {
+                map.remove(&key);
+            }
+        }
+    }
+
+    pub(crate) fn is_active(&self, tenant: &str, upload: &str) -> bool {
+        self.inner
+            .lock()
+            .map(|m| {
+                matches!(
+                    m.get(&(tenant.to_string(), upload.to_string())),
+                    Some(SessionState::Active)
+                )
+            })
+            .unwrap_or(false)
     }
 }
 
-/// Marks an upload active while a stream holds it; on drop, records where the hash stands (or
-/// forgets the upload once finished).
-struct SessionGuard<'a> {
-    sessions: &'a Sessions,
+/// Marks an upload active while a stream holds it and while any part it started is still
+/// being written (every staging task holds a clone), so that a stream the client abandons
+/// cannot race the stream that resumes it. On the last drop it records where the hash stands,
+/// or forgets the upload.
+struct SessionGuard {
+    sessions: Sessions,
     key: SessionKey,
-    previous: Option<(u64, Sha256)>,
-    keep: Option<(u64, Sha256)>,
+    previous: Mutex<Option<(u64, Sha256)>>,
+    keep: Mutex<Option<(u64, Sha256)>>,
 }
 
-impl Drop for SessionGuard<'_> {
+impl SessionGuard {
+    fn take_previous(&self) -> Option<(u64, Sha256)> {
+        self.previous.lock().ok().and_then(|mut p| p.take())
+    }
+
+    fn keep(&self, staged: u64, hasher: Sha256) {
+        if let Ok(mut k) = self.keep.lock() {
+            *k = Some((staged, hasher));
+        }
+    }
+}
+
+impl Drop for SessionGuard {
     fn drop(&mut self) {
+        let keep = self.keep.lock().ok().and_then(|mut k| k.take());
         if let Ok(mut map) = self.sessions.inner.lock() {
-            match self.keep.take() {
+            match keep {
                 Some((staged, hasher)) => {
                     map.insert(self.key.clone(), SessionState::Idle { staged, hasher });
                 }
@@ -94,8 +131,12 @@ impl Drop for SessionGuard<'_> {
 
 /// Stages an upload's parts: each part is written and hashed in the background while the
 /// stream goes on receiving, at most one part at a time, so the hash stays in order.
+///
+/// `staged` and `hasher` change together, only when a part is known to be written, so they
+/// always describe the same prefix of the file.
 struct Stager {
     staging: gbrain_storage::staging::Staging,
+    session: Arc<SessionGuard>,
     tenant: String,
     upload: String,
     /// Bytes durably staged (and hashed).
@@ -107,6 +148,7 @@ struct Stager {
 impl Stager {
     fn new(
         staging: gbrain_storage::staging::Staging,
+        session: Arc<SessionGuard>,
         tenant: &str,
         upload: &str,
         staged: u64,
@@ -114,6 +156,7 @@ impl Stager {
     ) -> Self {
         Self {
             staging,
+            session,
             tenant: tenant.to_string(),
             upload: upload.to_string(),
             staged,
@@ -140,8 +183,11 @@ impl Stager {
         let staging = self.staging.clone();
         let (tenant, upload) = (self.tenant.clone(), self.upload.clone());
         let offset = self.staged;
-        let mut hasher = std::mem::take(&mut self.hasher);
+        let mut hasher = self.hasher.clone();
+        let session = Arc::clone(&self.session);
         self.inflight = Some(tokio::spawn(async move {
+            // Held until the part is written, even if the stream is gone by then.
+            let _session = session;
             let len = data.len() as u64;
             let to_hash = data.clone();
             let hashing = tokio::task::spawn_blocking(move || {
@@ -163,6 +209,36 @@ impl Stager {
             self.push(buffer.split().freeze()).await?;
         }
         self.settle().await
+    }
+}
+
+/// Counts an upload stream as active while it runs and records its outcome when it ends,
+/// also when the call is dropped because the client went away.
+struct ActiveUpload<'a> {
+    metrics: &'a crate::IngestMetrics,
+    outcome: Option<&'static str>,
+}
+
+impl<'a> ActiveUpload<'a> {
+    fn new(metrics: &'a crate::IngestMetrics) -> Self {
+        metrics.uploads_active.inc();
+        Self {
+            metrics,
+            outcome: None,
+        }
+    }
+}
+
+impl Drop for ActiveUpload<'_> {
+    fn drop(&mut self) {
+        self.metrics.uploads_active.dec();
+        let outcome = self.outcome.unwrap_or("cancelled");
+        self.metrics
+            .uploads
+            .get_or_create(&crate::metrics::OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 }
 
@@ -209,21 +285,14 @@ impl Ingest {
     where
         S: Stream<Item = Result<UploadRequest, tonic::Status>> + Unpin,
     {
-        self.metrics.uploads_active.inc();
+        let mut active = ActiveUpload::new(&self.metrics);
         let result = self.upload_inner(tenant, &mut stream).await;
-        self.metrics.uploads_active.dec();
-        let outcome = match &result {
+        active.outcome = Some(match &result {
             Ok(r) if r.deduplicated => "deduplicated",
             Ok(_) => "committed",
             Err(e) if e.is_client_error() => "rejected",
             Err(_) => "failed",
-        };
-        self.metrics
-            .uploads
-            .get_or_create(&crate::metrics::OutcomeLabels {
-                outcome: outcome.into(),
-            })
-            .inc();
+        });
         result
     }
 
@@ -234,7 +303,7 @@ impl Ingest {
         let t = tenant.as_str();
         let first = match stream.next().await {
             Some(Ok(m)) => m,
-            Some(Err(s)) => return Err(Error::Cancelled(s.message().to_string())),
+            Some(Err(s)) => return Err(Error::Stream(s)),
             None => {
                 return Err(Error::invalid(
                     "start",
@@ -322,10 +391,12 @@ impl Ingest {
             .ok_or_else(|| Error::Internal(format!("upload {id} has unreadable metadata")))?;
         let size = row.size_bytes as u64;
 
-        let mut session = self.sessions.acquire((t.to_string(), id.clone()))?;
+        let session = self.sessions.acquire((t.to_string(), id.clone()))?;
         let staged = self.staging.received(t, &id).await?;
         if start.offset != staged {
-            session.keep = session.previous.take();
+            if let Some((at, h)) = session.take_previous() {
+                session.keep(at, h);
+            }
             return Err(Error::precondition(
                 "offset",
                 format!(
@@ -334,11 +405,21 @@ impl Ingest {
                 ),
             ));
         }
-        let hasher = match session.previous.take() {
+        let hasher = match session.take_previous() {
             Some((at, h)) if at == staged => h,
             _ => self.rehash(t, &id).await?,
         };
-        let mut stager = Stager::new(self.staging.clone(), t, &id, staged, hasher);
+        self.catalog
+            .touch_upload(t, &id, self.clock.now_ns())
+            .await?;
+        let mut stager = Stager::new(
+            self.staging.clone(),
+            Arc::clone(&session),
+            t,
+            &id,
+            staged,
+            hasher,
+        );
 
         let mut buffer = BytesMut::new();
         let mut next = staged;
@@ -348,15 +429,13 @@ impl Ingest {
             let msg = match stream.next().await {
                 Some(Ok(m)) => m,
                 Some(Err(status)) => {
-                    // The client went away: keep what arrived, for the resume.
+                    // The stream broke (the client went away, or a message could not be
+                    // decoded): keep what arrived, for the resume.
                     if let Err(e) = stager.flush(&mut buffer).await {
                         break Err(e);
                     }
-                    break Err(Error::Cancelled(format!(
-                        "upload stream broke ({}); {} bytes are held",
-                        status.message(),
-                        stager.staged
-                    )));
+                    tracing::info!(upload_id = %id, held = stager.staged, "upload stream broke");
+                    break Err(Error::Stream(status));
                 }
                 None => {
                     if let Err(e) = stager.flush(&mut buffer).await {
@@ -446,7 +525,7 @@ impl Ingest {
         // A part still being written finishes before the hash state is kept for a resume.
         let settled = stager.settle().await;
         if result.is_err() && !forgotten && settled.is_ok() {
-            session.keep = Some((stager.staged, stager.hasher));
+            session.keep(stager.staged, stager.hasher.clone());
         }
         result
     }
@@ -464,7 +543,17 @@ impl Ingest {
         let (source, sha) = if events_only {
             (Source::None, events_only_sha256(&metadata))
         } else {
-            (Source::Staged(self.staging.parts(t, id).await?), digest)
+            let parts = self.staging.parts(t, id).await?;
+            let held: u64 = parts.iter().map(|p| p.len).sum();
+            if held != size {
+                // The parts changed under us (a write of an abandoned stream landed late, or
+                // garbage collection ran): the bytes are not lost for good, the stream is.
+                return Err(Error::Conflict(format!(
+                    "upload_id: the server holds {held} of {size} bytes of upload {id} in order; \
+                     resume at {held}"
+                )));
+            }
+            (Source::Staged(parts), digest)
         };
         let outcome = self
             .ingest(IngestRequest {

@@ -20,7 +20,7 @@ pub fn parse_participants_tsv(bytes: &[u8], file: &str) -> Result<Vec<Participan
         if !pid.starts_with("sub-") || pid.len() == 4 {
             return Err(Error::invalid(
                 format!("{file} line {} column participant_id", i + 2),
-                format!("{pid:?} must be sub-<label>"),
+                "must be sub-<label> (the value is not repeated here: it may identify someone)",
             ));
         }
         out.push(Participant {

@@ -37,7 +37,7 @@ pub fn read_to_memory<R: Read>(reader: R, file_size: u64) -> Result<Scan> {
             let before = samples[i].len();
             block.samples_i32(&header.signals[i], &mut samples[i]);
             if Some(i) == status {
-                triggers.push(&samples[i][before..]);
+                triggers.push(&samples[i][before..])?;
             }
         }
     }

@@ -135,7 +135,8 @@ fn parse_unsigned(b: &[u8]) -> Option<f64> {
 }
 
 /// Appends one TAL to `out`. Onsets and durations are written with up to 7 decimals (100 ns),
-/// the resolution EDF+ writers use, without trailing zeros.
+/// the resolution EDF+ writers use, without trailing zeros. Control characters in texts
+/// (0x00, 0x14 and 0x15 delimit TALs) become spaces, so any text makes a valid TAL.
 pub fn write_tal(out: &mut Vec<u8>, onset: f64, duration: Option<f64>, texts: &[&str]) {
     out.push(if onset < 0.0 { b'-' } else { b'+' });
     out.extend_from_slice(format_seconds(onset.abs()).as_bytes());
@@ -148,7 +149,8 @@ pub fn write_tal(out: &mut Vec<u8>, onset: f64, duration: Option<f64>, texts: &[
         out.push(0x14);
     }
     for t in texts {
-        out.extend_from_slice(t.as_bytes());
+        // UTF-8 never uses bytes below 0x80 inside a multi-byte character.
+        out.extend(t.bytes().map(|b| if b < 0x20 { b' ' } else { b }));
         out.push(0x14);
     }
     out.push(0);
@@ -212,7 +214,9 @@ mod tests {
         let mut out = Vec::new();
         write_tal(&mut out, 0.3945312, None, &[]);
         write_tal(&mut out, -2.0, Some(0.5), &["a", "\u{4e2d}"]);
+        write_tal(&mut out, 1.0, None, &["a\x14b\x00c\x15d"]);
         let tals = parse_tals(&out, &f).unwrap();
+        assert_eq!(tals[2].texts, vec!["a b c d"]);
         assert_eq!(tals[0].onset, 0.3945312);
         assert!(tals[0].is_time_keeping());
         assert_eq!(tals[1].onset, -2.0);

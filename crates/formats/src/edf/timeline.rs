@@ -8,6 +8,13 @@ use crate::{Error, Result};
 /// Onsets closer than this are the same instant. TALs carry at most 100 ns resolution.
 const TOLERANCE_S: f64 = 5e-7;
 
+/// More annotations than this in one file is refused rather than held in memory: ten million
+/// is one every 10 ms for a day.
+pub const MAX_ANNOTATIONS: usize = 10_000_000;
+
+/// Onsets further than this from the header's start (about 317 years) are refused.
+pub const MAX_ONSET_S: f64 = 1e10;
+
 /// A run of contiguous data records.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Segment {
@@ -82,10 +89,17 @@ impl Timeline {
                     })?;
                     onset = Some(keeper.onset);
                     // Texts on the time-keeping TAL are annotations all the same.
-                    self.push_texts(keeper.onset, keeper.duration, keeper.texts, s, record);
+                    self.push_texts(
+                        keeper.onset,
+                        keeper.duration,
+                        keeper.texts,
+                        s,
+                        record,
+                        &field,
+                    )?;
                 }
                 for tal in tals {
-                    self.push_texts(tal.onset, tal.duration, tal.texts, s, record);
+                    self.push_texts(tal.onset, tal.duration, tal.texts, s, record, &field)?;
                 }
             }
             self.push_record(record, onset)?;
@@ -100,8 +114,22 @@ impl Timeline {
         texts: Vec<String>,
         signal: usize,
         record: u64,
-    ) {
+        field: &dyn Fn() -> String,
+    ) -> Result<()> {
+        let in_range = |v: f64| v.is_finite() && v.abs() <= MAX_ONSET_S;
+        if !in_range(raw_onset) || duration.is_some_and(|d| !in_range(d)) {
+            return Err(Error::invalid(
+                field(),
+                format!("TAL onset or duration beyond {MAX_ONSET_S} s"),
+            ));
+        }
         for text in texts.into_iter().filter(|t| !t.is_empty()) {
+            if self.annotations.len() >= MAX_ANNOTATIONS {
+                return Err(Error::invalid(
+                    field(),
+                    format!("more than {MAX_ANNOTATIONS} annotations in one file"),
+                ));
+            }
             // Relative to the header's start here; `finish` rebases every onset onto the
             // recording's start once the first record's onset is known.
             self.annotations.push(Annotation {
@@ -112,6 +140,7 @@ impl Timeline {
                 record,
             });
         }
+        Ok(())
     }
 
     fn push_record(&mut self, record: u64, raw_onset: Option<f64>) -> Result<()> {

@@ -25,6 +25,9 @@ pub fn is_status_channel(header: &Header, signal: &SignalHeader) -> bool {
         && signal.label.eq_ignore_ascii_case("status")
 }
 
+/// More trigger changes than this in one file is refused rather than held in memory.
+pub const MAX_TRIGGERS: usize = 10_000_000;
+
 /// Turns a stream of Status samples into triggers.
 #[derive(Debug, Default)]
 pub struct TriggerDecoder {
@@ -39,11 +42,17 @@ impl TriggerDecoder {
         Self::default()
     }
 
-    /// Feeds the next Status samples, in order.
-    pub fn push(&mut self, samples: &[i32]) {
+    /// Feeds the next Status samples, in order. Fails past [`MAX_TRIGGERS`].
+    pub fn push(&mut self, samples: &[i32]) -> crate::Result<()> {
         for &v in samples {
             let code = (v & TRIGGER_MASK) as u16;
             if code != self.code {
+                if self.done.len() >= MAX_TRIGGERS {
+                    return Err(crate::Error::invalid(
+                        "Status",
+                        format!("more than {MAX_TRIGGERS} trigger changes in one file"),
+                    ));
+                }
                 let at = self.next_sample;
                 if let Some((start, c)) = self.open.take() {
                     self.done.push(Trigger {
@@ -59,6 +68,7 @@ impl TriggerDecoder {
             }
             self.next_sample += 1;
         }
+        Ok(())
     }
 
     /// Ends the stream and returns every trigger.
@@ -82,13 +92,15 @@ mod tests {
     fn decodes_trigger_codes_and_ignores_status_bits() {
         let status_bits = 0x10_0000; // CMS in range, always set
         let mut d = TriggerDecoder::new();
-        d.push(&[status_bits, status_bits | 5, status_bits | 5]);
+        d.push(&[status_bits, status_bits | 5, status_bits | 5])
+            .unwrap();
         d.push(&[
             status_bits,
             status_bits | 0x100,
             status_bits | 7,
             -8_388_608 | 7,
-        ]);
+        ])
+        .unwrap();
         let t = d.finish();
         assert_eq!(
             t,
