@@ -177,7 +177,7 @@ pub fn demo(root: &Path) -> anyhow::Result<()> {
     println!("Global Brain demo: hospital recordings in, de-identified, queryable files out.");
     step(1, "building gbrain");
     run(cargo().args(["build", "-p", "gbrain-cli", "--bin", "gbrain"]))?;
-    let bin = root.join("target/debug/gbrain");
+    let bin = crate::target_dir(root).join("debug/gbrain");
 
     step(
         2,

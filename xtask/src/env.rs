@@ -27,7 +27,7 @@ impl Tools {
         cmd.env("GBRAIN_PYTHON", &self.python)
             .env("GBRAIN_GRPCURL", self.bin_dir.join("grpcurl"))
             .env("GBRAIN_WEED", self.bin_dir.join("weed"))
-            .env("GBRAIN_BIN", root.join("target/debug/gbrain"))
+            .env("GBRAIN_BIN", crate::target_dir(root).join("debug/gbrain"))
             .env("GBRAIN_TEST_DATA", &self.data);
         if std::env::var_os("GBRAIN_TEST_POSTGRES").is_none() {
             cmd.env(

@@ -65,6 +65,15 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Where cargo puts its builds: `CARGO_TARGET_DIR` (CI keeps it outside the clone) or
+/// `target/`.
+pub fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => root.join(d),
+        None => root.join("target"),
+    }
+}
+
 fn workspace_root() -> anyhow::Result<PathBuf> {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     Ok(here.parent().context("xtask has no parent")?.to_path_buf())
@@ -123,7 +132,7 @@ fn bench(root: &Path, minutes: u32) -> anyhow::Result<()> {
         "--bin",
         "ingest",
     ]))?;
-    let mut cmd = Command::new(root.join("target/release/ingest"));
+    let mut cmd = Command::new(target_dir(root).join("release/ingest"));
     cmd.arg("--minutes").arg(minutes.to_string());
     tools.apply(&mut cmd, root);
     run(&mut cmd)
