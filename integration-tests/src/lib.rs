@@ -2,6 +2,7 @@
 //! files, and the paths of the real binary and third-party tools.
 
 pub mod binary;
+pub mod faults;
 pub mod files;
 pub mod tools;
 
@@ -242,6 +243,20 @@ impl Sandbox {
             drop_schema(&url, &schema).await;
         }
     }
+}
+
+/// Uploads a file with no labels, as `gbrain upload` does (resuming on transient errors).
+pub async fn upload(
+    client: &mut IngestClient,
+    path: &std::path::Path,
+) -> Result<gbrain_proto::ingest::v1::UploadResponse, gbrain_cli::upload::UploadError> {
+    gbrain_cli::upload::upload_file(
+        client,
+        path,
+        gbrain_proto::ingest::v1::RecordingMetadata::default(),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .await
 }
 
 /// The bytes of an export, read to the end of the stream.

@@ -194,14 +194,9 @@ async fn malformed_files_are_rejected_with_the_field_and_nothing_is_kept() {
     // The server is still up and takes a good file.
     let path = dir.path().join("good.edf");
     std::fs::write(&path, good().bytes()).unwrap();
-    let r = upload_file(
-        &mut client,
-        &path,
-        RecordingMetadata::default(),
-        &indicatif::ProgressBar::hidden(),
-    )
-    .await
-    .unwrap();
+    let r = gbrain_integration_tests::upload(&mut client, &path)
+        .await
+        .unwrap();
     assert_eq!(r.counts.unwrap().events, 1);
     sb.stop().await;
 }

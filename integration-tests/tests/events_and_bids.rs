@@ -4,12 +4,11 @@ use std::path::Path;
 
 use gbrain_catalog::FileKind;
 use gbrain_cli::bids::import;
-use gbrain_cli::upload::upload_file;
 use gbrain_integration_tests::files::{SignalSpec, Spec};
 use gbrain_integration_tests::tools::data_dir;
 use gbrain_integration_tests::{OTHER_TENANT_TOKEN, Sandbox};
 use gbrain_proto::ingest::v1::{
-    AppendEventsRequest, Event, GetRecordingRequest, RecordingMetadata, Sidecar, SidecarKind,
+    AppendEventsRequest, Event, GetRecordingRequest, Sidecar, SidecarKind,
 };
 use gbrain_storage::events::{EventRow, read_events};
 use object_store::ObjectStoreExt;
@@ -43,15 +42,10 @@ async fn events_append_atomically_once_per_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.edf");
     std::fs::write(&path, Spec::eeg(2, 128, 10).bytes()).unwrap();
-    let rec = upload_file(
-        &mut client,
-        &path,
-        RecordingMetadata::default(),
-        &indicatif::ProgressBar::hidden(),
-    )
-    .await
-    .unwrap()
-    .recording_id;
+    let rec = gbrain_integration_tests::upload(&mut client, &path)
+        .await
+        .unwrap()
+        .recording_id;
 
     let event = |onset: f64, ty: &str| Event {
         onset: Some(onset),
@@ -198,14 +192,9 @@ async fn bdf_status_triggers_become_events() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.bdf");
     std::fs::write(&path, spec.bytes()).unwrap();
-    let r = upload_file(
-        &mut client,
-        &path,
-        RecordingMetadata::default(),
-        &indicatif::ProgressBar::hidden(),
-    )
-    .await
-    .unwrap();
+    let r = gbrain_integration_tests::upload(&mut client, &path)
+        .await
+        .unwrap();
     let events = events_of(&sb, &r.recording_id).await;
     let triggers: Vec<&EventRow> = events
         .iter()
@@ -480,15 +469,10 @@ async fn a_crowd_of_events_exports_without_bloating_every_record() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.edf");
     std::fs::write(&path, Spec::eeg(1, 128, 120).bytes()).unwrap();
-    let rec = upload_file(
-        &mut client,
-        &path,
-        RecordingMetadata::default(),
-        &indicatif::ProgressBar::hidden(),
-    )
-    .await
-    .unwrap()
-    .recording_id;
+    let rec = gbrain_integration_tests::upload(&mut client, &path)
+        .await
+        .unwrap()
+        .recording_id;
     // 600 responses within one second, some with control characters in their text.
     let events: Vec<Event> = (0..600)
         .map(|i| Event {

@@ -4,19 +4,15 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use futures::stream::BoxStream;
-use gbrain_cli::upload::upload_file;
 use gbrain_common::clock::MockClock;
 use gbrain_formats::edf::read_to_memory;
+use gbrain_integration_tests::faults::Faulty;
 use gbrain_integration_tests::files::Spec;
 use gbrain_integration_tests::tools::{SeaweedFs, data_dir};
 use gbrain_integration_tests::{Options, Sandbox, export_bytes};
 use gbrain_proto::ingest::v1::{ListRecordingsRequest, RecordingMetadata};
 use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult,
-};
+use object_store::{ObjectMeta, ObjectStore};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn recordings_round_trip_through_s3() {
@@ -34,14 +30,9 @@ async fn recordings_round_trip_through_s3() {
     for f in ["test_generator.edf", "test_generator.bdf"] {
         let path = data_dir().join("eeg_edf").join(f);
         let src = std::fs::read(&path).unwrap();
-        let r = upload_file(
-            &mut client,
-            &path,
-            RecordingMetadata::default(),
-            &indicatif::ProgressBar::hidden(),
-        )
-        .await
-        .unwrap();
+        let r = gbrain_integration_tests::upload(&mut client, &path)
+            .await
+            .unwrap();
         let back = export_bytes(&mut client, &r.recording_id).await;
         let a = read_to_memory(&src[..], src.len() as u64).unwrap();
         let b = read_to_memory(&back[..], back.len() as u64).unwrap();
@@ -63,97 +54,18 @@ async fn recordings_round_trip_through_s3() {
     sb.stop().await;
 }
 
-/// An object store that fails every write after the first `allowed`, and every delete: a
-/// process that died mid-write, as far as storage can tell.
-#[derive(Debug)]
-struct Dying {
-    inner: Arc<dyn ObjectStore>,
-    allowed: usize,
-    writes: AtomicUsize,
-    dead: std::sync::atomic::AtomicBool,
-}
-
-impl std::fmt::Display for Dying {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Dying({})", self.inner)
-    }
-}
-
-fn died() -> object_store::Error {
-    object_store::Error::Generic {
-        store: "dying",
-        source: "the process died".into(),
-    }
-}
-
-#[async_trait::async_trait]
-impl ObjectStore for Dying {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        let n = self.writes.fetch_add(1, Ordering::SeqCst);
-        if self.dead.load(Ordering::SeqCst)
-            && n >= self.allowed
-            && location.as_ref().starts_with("data/")
-        {
-            return Err(died());
-        }
-        self.inner.put_opts(location, payload, opts).await
-    }
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
-    }
-    async fn get_opts(
-        &self,
-        location: &Path,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        self.inner.get_opts(location, options).await
-    }
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        if self.dead.load(Ordering::SeqCst) {
-            use futures::StreamExt;
-            return locations.map(|_| Err(died())).boxed();
-        }
-        self.inner.delete_stream(locations)
-    }
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_that_never_commit_are_invisible_and_collected() {
     let dir = tempfile::tempdir().unwrap();
     let inner =
         gbrain_storage::store::open(&format!("file://{}", dir.path().display()), &[]).unwrap();
-    let dying = Arc::new(Dying {
-        inner: Arc::clone(&inner),
-        allowed: 3,
-        writes: AtomicUsize::new(0),
-        dead: std::sync::atomic::AtomicBool::new(true),
-    });
+    // A process that dies after writing three signal files: later writes and every delete
+    // fail, so nothing can clean up.
+    let writes = AtomicUsize::new(0);
+    let dying = Arc::new(Faulty::new(Arc::clone(&inner), move |p| {
+        p.as_ref().starts_with("data/") && writes.fetch_add(1, Ordering::SeqCst) >= 3
+    }));
+    dying.fail_deletes.store(true, Ordering::SeqCst);
     let clock = Arc::new(MockClock::new(1_700_000_000_000_000_000));
     let mut options = Options {
         store: Some(dying.clone()),
@@ -215,7 +127,7 @@ async fn writes_that_never_commit_are_invisible_and_collected() {
     );
 
     // Nothing is collected inside the grace period; after it, everything is.
-    dying.dead.store(false, Ordering::SeqCst);
+    dying.heal();
     assert_eq!(
         sb.ingest.collect_garbage().await.unwrap(),
         Default::default()
@@ -242,82 +154,18 @@ async fn writes_that_never_commit_are_invisible_and_collected() {
     sb.stop().await;
 }
 
-/// A store whose staging writes fail once, after the first few: the upload stops with a
-/// retryable error, and the resumed upload's hash still covers every byte.
-#[derive(Debug)]
-struct Flaky {
-    inner: Arc<dyn ObjectStore>,
-    staged_puts: AtomicUsize,
-    fail_at: usize,
-}
-
-impl std::fmt::Display for Flaky {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Flaky({})", self.inner)
-    }
-}
-
-#[async_trait::async_trait]
-impl ObjectStore for Flaky {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        if location.as_ref().starts_with("staging/")
-            && self.staged_puts.fetch_add(1, Ordering::SeqCst) == self.fail_at
-        {
-            return Err(died());
-        }
-        self.inner.put_opts(location, payload, opts).await
-    }
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
-    }
-    async fn get_opts(
-        &self,
-        location: &Path,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        self.inner.get_opts(location, options).await
-    }
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
-    }
-}
-
+/// A staging write fails once, after the first: the upload stops with a retryable error, and
+/// the resumed upload's hash still covers every byte.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_staging_write_is_retried_without_losing_the_hash() {
     let dir = tempfile::tempdir().unwrap();
     let inner =
         gbrain_storage::store::open(&format!("file://{}", dir.path().display()), &[]).unwrap();
-    let flaky = Arc::new(Flaky {
-        inner,
-        staged_puts: AtomicUsize::new(0),
-        fail_at: 1,
-    });
+    let staged_puts = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&staged_puts);
+    let flaky = Arc::new(Faulty::new(inner, move |p| {
+        p.as_ref().starts_with("staging/") && counter.fetch_add(1, Ordering::SeqCst) == 1
+    }));
     let mut options = Options {
         store: Some(flaky.clone()),
         ..Options::default()
@@ -331,17 +179,12 @@ async fn a_failed_staging_write_is_retried_without_losing_the_hash() {
     std::fs::write(&path, spec.bytes()).unwrap();
     // The client sends the file's SHA-256 at the end; the server checks it against its own
     // hash of the staged parts, across the failure and the resume.
-    let r = upload_file(
-        &mut client,
-        &path,
-        RecordingMetadata::default(),
-        &indicatif::ProgressBar::hidden(),
-    )
-    .await
-    .unwrap();
+    let r = gbrain_integration_tests::upload(&mut client, &path)
+        .await
+        .unwrap();
     assert_eq!(r.counts.unwrap().samples, 16 * 512 * 300);
     assert!(
-        flaky.staged_puts.load(Ordering::SeqCst) > 3,
+        staged_puts.load(Ordering::SeqCst) > 3,
         "the failure happened and was retried"
     );
     let back = export_bytes(&mut client, &r.recording_id).await;

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use gbrain_catalog::FileKind;
-use gbrain_cli::upload::{UploadError, upload_file, upload_file_as};
+use gbrain_cli::upload::{UploadError, upload_file_as};
 use gbrain_formats::edf::read_to_memory;
 use gbrain_integration_tests::files::Spec;
 use gbrain_integration_tests::tools::data_dir;
@@ -55,7 +55,7 @@ async fn real_files_are_stored_losslessly(options: Options) {
     for path in real_files() {
         let bytes = std::fs::read(&path).unwrap();
         let reference = read_to_memory(&bytes[..], bytes.len() as u64).unwrap();
-        let r = upload_file(&mut client, &path, RecordingMetadata::default(), &hidden())
+        let r = gbrain_integration_tests::upload(&mut client, &path)
             .await
             .unwrap();
         let counts = r.counts.unwrap();
@@ -134,10 +134,10 @@ async fn the_same_bytes_give_the_same_recording() {
     let sb = Sandbox::start().await;
     let mut client = sb.client().await;
     let path = &real_files()[0];
-    let a = upload_file(&mut client, path, RecordingMetadata::default(), &hidden())
+    let a = gbrain_integration_tests::upload(&mut client, path)
         .await
         .unwrap();
-    let b = upload_file(&mut client, path, RecordingMetadata::default(), &hidden())
+    let b = gbrain_integration_tests::upload(&mut client, path)
         .await
         .unwrap();
     assert_eq!(a.recording_id, b.recording_id);
@@ -150,15 +150,10 @@ async fn the_same_bytes_give_the_same_recording() {
         let mut c = sb.client().await;
         let p = p.clone();
         tasks.push(tokio::spawn(async move {
-            upload_file(
-                &mut c,
-                &p,
-                RecordingMetadata::default(),
-                &indicatif::ProgressBar::hidden(),
-            )
-            .await
-            .unwrap()
-            .recording_id
+            gbrain_integration_tests::upload(&mut c, &p)
+                .await
+                .unwrap()
+                .recording_id
         }));
     }
     let mut ids = Vec::new();
@@ -481,7 +476,7 @@ async fn tenants_and_roles_are_enforced() {
     let sb = Sandbox::start().await;
     let mut admin = sb.client().await;
     let path = &real_files()[0];
-    let mine = upload_file(&mut admin, path, RecordingMetadata::default(), &hidden())
+    let mine = gbrain_integration_tests::upload(&mut admin, path)
         .await
         .unwrap();
 
@@ -534,7 +529,7 @@ async fn tenants_and_roles_are_enforced() {
             .recordings
             .is_empty()
     );
-    let theirs = upload_file(&mut other, path, RecordingMetadata::default(), &hidden())
+    let theirs = gbrain_integration_tests::upload(&mut other, path)
         .await
         .unwrap();
     assert_ne!(theirs.recording_id, mine.recording_id);
@@ -572,7 +567,7 @@ async fn tenants_and_roles_are_enforced() {
         .unwrap();
     assert_eq!(s.code(), Code::PermissionDenied);
     let mut analyst = sb.client_with(Some(ANALYST_TOKEN)).await;
-    match upload_file(&mut analyst, path, RecordingMetadata::default(), &hidden()).await {
+    match gbrain_integration_tests::upload(&mut analyst, path).await {
         Err(UploadError::Rejected(s)) => assert_eq!(s.code(), Code::PermissionDenied),
         other => panic!("{other:?}"),
     }
@@ -604,7 +599,7 @@ async fn fractional_records_mixed_rates_and_unknown_record_counts() {
     spec.subsecond = 0.125;
     let dir = tempfile::tempdir().unwrap();
     let path = write_temp(dir.path(), "mixed.edf", &spec.bytes());
-    let r = upload_file(&mut client, &path, RecordingMetadata::default(), &hidden())
+    let r = gbrain_integration_tests::upload(&mut client, &path)
         .await
         .unwrap();
     assert_eq!(r.counts.unwrap().records, 40, "counted from the file size");
