@@ -8,7 +8,7 @@ use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 
 use crate::model::{
     ChannelRow, DataFileRow, FileKind, NewRecording, Participant, PendingWrite, RecordingRow,
-    SegmentRow, UploadRow,
+    SegmentRow, TenantView, UploadRow,
 };
 use crate::schema::migrations;
 use crate::{Error, Result};
@@ -333,13 +333,14 @@ impl Catalog {
     /// marked done and the pending write cleared, in one transaction.
     pub async fn commit_recording(&self, rec: &NewRecording) -> Result<CommitOutcome> {
         let r = &rec.row;
-        let mut tx = self.pool.begin().await?;
         let warnings =
             serde_json::to_string(&r.warnings).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        let seq = next_seq(&mut tx).await?;
         let insert = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO recordings ({RECORDING_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, \
-             $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, \
-             $25, $26, $27, $28)"
+            "INSERT INTO recordings ({RECORDING_COLUMNS}, commit_seq) VALUES ($1, $2, $3, $4, \
+             $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
+             $23, $24, $25, $26, $27, $28, $29)"
         )))
         .bind(&r.tenant)
         .bind(&r.recording_id)
@@ -369,6 +370,7 @@ impl Catalog {
         .bind(warnings)
         .bind(&r.sidecar_json)
         .bind(r.ingested_ns)
+        .bind(seq)
         .execute(&mut *tx)
         .await;
         if let Err(e) = insert {
@@ -426,7 +428,7 @@ impl Catalog {
             .await?;
         }
         for f in &rec.files {
-            insert_file(&mut tx, &r.tenant, &r.recording_id, f).await?;
+            insert_file(&mut tx, &r.tenant, &r.recording_id, f, seq).await?;
         }
         if let Some(upload) = &rec.upload_id {
             sqlx::query(
@@ -493,31 +495,7 @@ impl Catalog {
         .bind(recording_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ChannelRow {
-                    channel_index: r.try_get("channel_index")?,
-                    label: r.try_get("label")?,
-                    channel_type: r.try_get("channel_type")?,
-                    unit: r.try_get("unit")?,
-                    transducer: r.try_get("transducer")?,
-                    prefiltering: r.try_get("prefiltering")?,
-                    reserved: r.try_get("reserved")?,
-                    sample_rate: r.try_get("sample_rate")?,
-                    samples_per_record: r.try_get("samples_per_record")?,
-                    physical_min: r.try_get("physical_min")?,
-                    physical_max: r.try_get("physical_max")?,
-                    physical_min_text: r.try_get("physical_min_text")?,
-                    physical_max_text: r.try_get("physical_max_text")?,
-                    digital_min: r.try_get("digital_min")?,
-                    digital_max: r.try_get("digital_max")?,
-                    gain: r.try_get("gain")?,
-                    offset: r.try_get("phys_offset")?,
-                    num_samples: r.try_get("num_samples")?,
-                    is_annotation: r.try_get::<i64, _>("is_annotation")? != 0,
-                })
-            })
-            .collect()
+        rows.iter().map(channel_from).collect()
     }
 
     pub async fn segments(&self, tenant: &str, recording_id: &str) -> Result<Vec<SegmentRow>> {
@@ -558,20 +536,7 @@ impl Catalog {
         .bind(kind.as_str())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let kind: String = r.try_get("kind")?;
-                Ok(DataFileRow {
-                    path: r.try_get("path")?,
-                    kind: FileKind::parse(&kind)
-                        .ok_or_else(|| Error::Corrupt(format!("file kind {kind:?}")))?,
-                    channel_index: r.try_get("channel_index")?,
-                    first_row: r.try_get("first_row")?,
-                    num_rows: r.try_get("num_rows")?,
-                    size_bytes: r.try_get("size_bytes")?,
-                })
-            })
-            .collect()
+        rows.iter().map(file_from).collect()
     }
 
     /// Attaches an events file to a recording and bumps its event count, in one transaction,
@@ -621,7 +586,8 @@ impl Catalog {
                 return Err(e.into());
             }
         }
-        insert_file(&mut tx, tenant, recording_id, file).await?;
+        let seq = next_seq(&mut tx).await?;
+        insert_file(&mut tx, tenant, recording_id, file, seq).await?;
         let cleared = sqlx::query("DELETE FROM pending_writes WHERE write_id = $1")
             .bind(write_id)
             .execute(&mut *tx)
@@ -655,7 +621,8 @@ impl Catalog {
         Ok(row.try_get("num_events")?)
     }
 
-    /// Inserts or replaces participants.
+    /// Inserts or replaces participants: each put is a new version, so snapshots taken
+    /// before it keep seeing the old one.
     pub async fn put_participants(
         &self,
         tenant: &str,
@@ -663,18 +630,15 @@ impl Catalog {
         now_ns: i64,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        let seq = next_seq(&mut tx).await?;
         for p in rows {
-            sqlx::query("DELETE FROM participants WHERE tenant = $1 AND subject_pseudonym = $2")
-                .bind(tenant)
-                .bind(&p.subject_pseudonym)
-                .execute(&mut *tx)
-                .await?;
             sqlx::query(
-                "INSERT INTO participants (tenant, subject_pseudonym, dataset, attributes_json, \
-                 updated_ns) VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO participant_versions (tenant, subject_pseudonym, commit_seq, \
+                 dataset, attributes_json, updated_ns) VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(tenant)
             .bind(&p.subject_pseudonym)
+            .bind(seq)
             .bind(&p.dataset)
             .bind(&p.attributes_json)
             .bind(now_ns)
@@ -685,12 +649,21 @@ impl Catalog {
         Ok(())
     }
 
+    /// The latest version of each participant.
     pub async fn participants(&self, tenant: &str) -> Result<Vec<Participant>> {
+        self.participants_at(tenant, i64::MAX).await
+    }
+
+    /// Each participant as of commit `seq`.
+    pub async fn participants_at(&self, tenant: &str, seq: i64) -> Result<Vec<Participant>> {
         let rows = sqlx::query(
-            "SELECT subject_pseudonym, dataset, attributes_json FROM participants \
-             WHERE tenant = $1 ORDER BY subject_pseudonym",
+            "SELECT p.subject_pseudonym, p.dataset, p.attributes_json FROM participant_versions p \
+             WHERE p.tenant = $1 AND p.commit_seq = (SELECT MAX(q.commit_seq) FROM \
+             participant_versions q WHERE q.tenant = p.tenant AND q.subject_pseudonym = \
+             p.subject_pseudonym AND q.commit_seq <= $2) ORDER BY p.subject_pseudonym",
         )
         .bind(tenant)
+        .bind(seq)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -704,10 +677,165 @@ impl Catalog {
             .collect()
     }
 
+    /// The newest commit: a snapshot of everything visible now.
+    pub async fn current_seq(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT seq FROM commit_counter WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("seq")?)
+    }
+
+    /// Names the current snapshot for a tenant. Fails with `SnapshotExists` if the name is
+    /// taken.
+    pub async fn create_snapshot(&self, tenant: &str, name: &str, now_ns: i64) -> Result<i64> {
+        let seq = self.current_seq().await?;
+        let insert = sqlx::query(
+            "INSERT INTO snapshots (tenant, name, seq, created_ns) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(tenant)
+        .bind(name)
+        .bind(seq)
+        .bind(now_ns)
+        .execute(&self.pool)
+        .await;
+        match insert {
+            Ok(_) => Ok(seq),
+            Err(e) if is_unique_violation(&e) => Err(Error::SnapshotExists(name.to_string())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The commit a named snapshot pins.
+    pub async fn snapshot(&self, tenant: &str, name: &str) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT seq FROM snapshots WHERE tenant = $1 AND name = $2")
+            .bind(tenant)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("seq")).transpose()?)
+    }
+
+    /// The tenant's named snapshots: (name, seq, created_ns).
+    pub async fn snapshots(&self, tenant: &str) -> Result<Vec<(String, i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT name, seq, created_ns FROM snapshots WHERE tenant = $1 ORDER BY name",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("name")?,
+                    r.try_get("seq")?,
+                    r.try_get("created_ns")?,
+                ))
+            })
+            .collect()
+    }
+
+    pub async fn delete_snapshot(&self, tenant: &str, name: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM snapshots WHERE tenant = $1 AND name = $2")
+            .bind(tenant)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Everything a tenant can query as of commit `seq`, read in one transaction.
+    pub async fn tenant_view(&self, tenant: &str, seq: i64) -> Result<TenantView> {
+        let mut tx = self.pool.begin().await?;
+        let recordings = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RECORDING_COLUMNS} FROM recordings WHERE tenant = $1 AND commit_seq <= $2 \
+             ORDER BY recording_id"
+        )))
+        .bind(tenant)
+        .bind(seq)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(recording_from)
+        .collect::<Result<Vec<_>>>()?;
+        let channels = sqlx::query(AssertSqlSafe(format!(
+            "SELECT c.recording_id, {} FROM channels c JOIN recordings r ON r.tenant = c.tenant \
+             AND r.recording_id = c.recording_id WHERE c.tenant = $1 AND r.commit_seq <= $2 \
+             ORDER BY c.recording_id, c.channel_index",
+            CHANNEL_COLUMNS
+                .split(", ")
+                .map(|c| format!("c.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+        .bind(tenant)
+        .bind(seq)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("recording_id")?, channel_from(r)?)))
+        .collect::<Result<Vec<_>>>()?;
+        let segments = sqlx::query(
+            "SELECT s.recording_id, s.segment_index, s.first_record, s.num_records, s.onset_s \
+             FROM segments s JOIN recordings r ON r.tenant = s.tenant AND r.recording_id = \
+             s.recording_id WHERE s.tenant = $1 AND r.commit_seq <= $2 \
+             ORDER BY s.recording_id, s.segment_index",
+        )
+        .bind(tenant)
+        .bind(seq)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get("recording_id")?,
+                SegmentRow {
+                    segment_index: r.try_get("segment_index")?,
+                    first_record: r.try_get("first_record")?,
+                    num_records: r.try_get("num_records")?,
+                    onset_s: r.try_get("onset_s")?,
+                },
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+        let files = sqlx::query(
+            "SELECT recording_id, path, kind, channel_index, first_row, num_rows, size_bytes \
+             FROM data_files WHERE tenant = $1 AND commit_seq <= $2 \
+             ORDER BY recording_id, kind, channel_index, first_row, path",
+        )
+        .bind(tenant)
+        .bind(seq)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("recording_id")?, file_from(r)?)))
+        .collect::<Result<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok(TenantView {
+            seq,
+            recordings,
+            channels,
+            segments,
+            files,
+        })
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Takes the next commit sequence number. The counter row stays locked until the transaction
+/// ends, so commits take their numbers in the order they become visible.
+async fn next_seq(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<i64> {
+    sqlx::query("UPDATE commit_counter SET seq = seq + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    let seq: i64 = sqlx::query("SELECT seq FROM commit_counter WHERE id = 1")
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("seq")?;
+    Ok(seq)
 }
 
 async fn insert_file(
@@ -715,10 +843,11 @@ async fn insert_file(
     tenant: &str,
     recording_id: &str,
     f: &DataFileRow,
+    seq: i64,
 ) -> Result<()> {
     sqlx::query(
         "INSERT INTO data_files (tenant, recording_id, path, kind, channel_index, first_row, \
-         num_rows, size_bytes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         num_rows, size_bytes, commit_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(tenant)
     .bind(recording_id)
@@ -728,9 +857,47 @@ async fn insert_file(
     .bind(f.first_row)
     .bind(f.num_rows)
     .bind(f.size_bytes)
+    .bind(seq)
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+fn channel_from(r: &AnyRow) -> Result<ChannelRow> {
+    Ok(ChannelRow {
+        channel_index: r.try_get("channel_index")?,
+        label: r.try_get("label")?,
+        channel_type: r.try_get("channel_type")?,
+        unit: r.try_get("unit")?,
+        transducer: r.try_get("transducer")?,
+        prefiltering: r.try_get("prefiltering")?,
+        reserved: r.try_get("reserved")?,
+        sample_rate: r.try_get("sample_rate")?,
+        samples_per_record: r.try_get("samples_per_record")?,
+        physical_min: r.try_get("physical_min")?,
+        physical_max: r.try_get("physical_max")?,
+        physical_min_text: r.try_get("physical_min_text")?,
+        physical_max_text: r.try_get("physical_max_text")?,
+        digital_min: r.try_get("digital_min")?,
+        digital_max: r.try_get("digital_max")?,
+        gain: r.try_get("gain")?,
+        offset: r.try_get("phys_offset")?,
+        num_samples: r.try_get("num_samples")?,
+        is_annotation: r.try_get::<i64, _>("is_annotation")? != 0,
+    })
+}
+
+fn file_from(r: &AnyRow) -> Result<DataFileRow> {
+    let kind: String = r.try_get("kind")?;
+    Ok(DataFileRow {
+        path: r.try_get("path")?,
+        kind: FileKind::parse(&kind)
+            .ok_or_else(|| Error::Corrupt(format!("file kind {kind:?}")))?,
+        channel_index: r.try_get("channel_index")?,
+        first_row: r.try_get("first_row")?,
+        num_rows: r.try_get("num_rows")?,
+        size_bytes: r.try_get("size_bytes")?,
+    })
 }
 
 fn upload_from(r: &AnyRow) -> Result<UploadRow> {

@@ -12,6 +12,10 @@ pub enum Error {
     #[error("write {0} was collected before it committed; nothing was committed")]
     WriteCollected(String),
 
+    /// A snapshot of that name exists already.
+    #[error("snapshot {0:?} exists already")]
+    SnapshotExists(String),
+
     /// A row does not have the shape this code wrote.
     #[error("corrupt catalog row: {0}")]
     Corrupt(String),

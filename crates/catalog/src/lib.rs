@@ -18,5 +18,5 @@ pub use catalog::{AppendOutcome, Catalog, CommitOutcome, Dialect};
 pub use error::{Error, Result};
 pub use model::{
     ChannelRow, DataFileRow, FileKind, NewRecording, Participant, PendingWrite, RecordingRow,
-    SegmentRow, UploadRow,
+    SegmentRow, TenantView, UploadRow,
 };

@@ -151,3 +151,17 @@ pub struct Participant {
     pub dataset: String,
     pub attributes_json: String,
 }
+
+/// What a tenant can query as of one commit: read in one transaction, so the pieces agree.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TenantView {
+    /// The commit this view is as of.
+    pub seq: i64,
+    pub recordings: Vec<RecordingRow>,
+    /// (recording_id, channel), by recording then channel index.
+    pub channels: Vec<(String, ChannelRow)>,
+    /// (recording_id, segment), by recording then segment index.
+    pub segments: Vec<(String, SegmentRow)>,
+    /// (recording_id, file) of every kind.
+    pub files: Vec<(String, DataFileRow)>,
+}

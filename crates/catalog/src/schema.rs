@@ -138,5 +138,41 @@ pub(crate) fn migrations(dialect: Dialect) -> Vec<Vec<String>> {
         )"
         .to_string(),
     ];
-    vec![v1.to_vec()]
+    // v2: a commit sequence, so that a query reads one consistent snapshot and a named
+    // snapshot keeps answering the same after later ingest. One counter row, bumped inside
+    // each commit's transaction, orders commits as they become visible (a database sequence
+    // would not: a later commit may take a lower number).
+    let v2 = [
+        "CREATE TABLE IF NOT EXISTS commit_counter (id BIGINT PRIMARY KEY, seq BIGINT NOT NULL)"
+            .to_string(),
+        "INSERT INTO commit_counter (id, seq) VALUES (1, 0)".to_string(),
+        "ALTER TABLE recordings ADD COLUMN commit_seq BIGINT NOT NULL DEFAULT 0".to_string(),
+        "ALTER TABLE data_files ADD COLUMN commit_seq BIGINT NOT NULL DEFAULT 0".to_string(),
+        "CREATE TABLE IF NOT EXISTS participant_versions (
+            tenant TEXT NOT NULL,
+            subject_pseudonym TEXT NOT NULL,
+            commit_seq BIGINT NOT NULL,
+            dataset TEXT NOT NULL,
+            attributes_json TEXT NOT NULL,
+            updated_ns BIGINT NOT NULL,
+            PRIMARY KEY (tenant, subject_pseudonym, commit_seq)
+        )"
+        .to_string(),
+        "INSERT INTO participant_versions (tenant, subject_pseudonym, commit_seq, dataset, \
+         attributes_json, updated_ns) SELECT tenant, subject_pseudonym, 0, dataset, \
+         attributes_json, updated_ns FROM participants"
+            .to_string(),
+        "DROP TABLE participants".to_string(),
+        "CREATE TABLE IF NOT EXISTS snapshots (
+            tenant TEXT NOT NULL,
+            name TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            created_ns BIGINT NOT NULL,
+            PRIMARY KEY (tenant, name)
+        )"
+        .to_string(),
+        "CREATE INDEX IF NOT EXISTS recordings_by_tenant_seq ON recordings (tenant, commit_seq)"
+            .to_string(),
+    ];
+    vec![v1.to_vec(), v2.to_vec()]
 }
