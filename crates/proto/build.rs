@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let protos = [root.join("globalbrain/ingest/v1/ingest.proto")];
+    let protos = [
+        root.join("globalbrain/ingest/v1/ingest.proto"),
+        root.join("globalbrain/query/v1/query.proto"),
+    ];
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     // Upload chunks and export data are large byte fields: share them, don't copy them.

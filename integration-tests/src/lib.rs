@@ -4,6 +4,7 @@
 pub mod binary;
 pub mod faults;
 pub mod files;
+pub mod fusion;
 pub mod tools;
 
 use std::net::SocketAddr;
@@ -12,9 +13,11 @@ use std::time::Duration;
 
 use gbrain_catalog::Catalog;
 use gbrain_cli::client::{Bearer, Ingest as IngestClient};
+use gbrain_cli::cluster::{Services, serve_cluster};
 use gbrain_common::auth::Authenticator;
 use gbrain_common::clock::{Clock, SystemClock};
-use gbrain_ingest::{Ingest, IngestConfig, IngestDeps, IngestMetrics, Listeners, serve_ingest};
+use gbrain_ingest::{Ingest, IngestConfig, IngestDeps, IngestMetrics, Listeners};
+use gbrain_query::{Query, QueryConfig, QueryDeps, QueryMetrics};
 use object_store::ObjectStore;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -69,6 +72,7 @@ pub enum CatalogKind {
 /// How to start a sandbox.
 pub struct Options {
     pub config: IngestConfig,
+    pub query: QueryConfig,
     pub catalog: CatalogKind,
     /// An object store to use instead of the local directory.
     pub store: Option<Arc<dyn ObjectStore>>,
@@ -83,6 +87,10 @@ impl Default for Options {
                 gc_interval: Duration::from_secs(3600),
                 ..IngestConfig::default()
             },
+            query: QueryConfig {
+                threads: 2,
+                ..QueryConfig::default()
+            },
             catalog: CatalogKind::Sqlite,
             store: None,
             clock: Arc::new(SystemClock),
@@ -96,10 +104,11 @@ pub struct Sandbox {
     pub http_addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub ingest: Arc<Ingest>,
+    pub query: Query,
     pub store: Arc<dyn ObjectStore>,
     pub catalog: Catalog,
     shutdown: CancellationToken,
-    server: Option<tokio::task::JoinHandle<gbrain_ingest::Result<()>>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     pg_schema: Option<(String, String)>,
 }
 
@@ -147,11 +156,21 @@ impl Sandbox {
                 store: Arc::clone(&store),
                 catalog: catalog.clone(),
                 auth: Arc::clone(&auth),
-                clock: options.clock,
+                clock: Arc::clone(&options.clock),
                 metrics,
             },
         )
         .expect("ingest");
+        let query = Query::new(
+            options.query,
+            QueryDeps {
+                store: Arc::clone(&store),
+                catalog: catalog.clone(),
+                metrics: QueryMetrics::register(&mut registry),
+            },
+            options.clock,
+        )
+        .expect("query");
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -161,8 +180,11 @@ impl Sandbox {
         let addr = grpc.local_addr().expect("addr");
         let http_addr = http.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve_ingest(
-            Arc::clone(&ingest),
+        let server = tokio::spawn(serve_cluster(
+            Services {
+                ingest: Arc::clone(&ingest),
+                query: query.clone(),
+            },
             auth,
             registry,
             Listeners {
@@ -177,6 +199,7 @@ impl Sandbox {
             http_addr,
             dir,
             ingest,
+            query,
             store,
             catalog,
             shutdown,
@@ -223,6 +246,54 @@ impl Sandbox {
     /// A client of tenant `demo` with every role.
     pub async fn client(&self) -> IngestClient {
         self.client_with(Some(ADMIN_TOKEN)).await
+    }
+
+    /// A Flight SQL client with the given token, pinned to a snapshot when one is named.
+    pub async fn flight(&self, token: &str, snapshot: Option<&str>) -> gbrain_cli::sql::Flight {
+        let args = gbrain_common::clap_blocks::ClientArgs {
+            server: self.endpoint(),
+            token: Some(token.to_string()),
+            json: false,
+        };
+        gbrain_cli::sql::connect(&args, snapshot)
+            .await
+            .expect("flight client")
+    }
+
+    /// Runs `sql` over Flight SQL as `token` and returns its rows as one batch.
+    pub async fn sql(
+        &self,
+        token: &str,
+        sql: &str,
+    ) -> Result<arrow::array::RecordBatch, tonic::Status> {
+        self.sql_at(token, None, sql).await
+    }
+
+    /// Runs `sql` over Flight SQL, pinned to `snapshot`.
+    pub async fn sql_at(
+        &self,
+        token: &str,
+        snapshot: Option<&str>,
+        sql: &str,
+    ) -> Result<arrow::array::RecordBatch, tonic::Status> {
+        let mut client = self.flight(token, snapshot).await;
+        let (schema, batches) = gbrain_cli::sql::collect(&mut client, sql).await?;
+        arrow::compute::concat_batches(&schema, &batches)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+
+    /// The Prometheus text of the metrics endpoint.
+    pub async fn metrics_text(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.http_addr)
+            .await
+            .expect("metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("response");
+        out
     }
 
     /// Every byte stored under the sandbox's directory, file by file.

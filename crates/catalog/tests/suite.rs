@@ -426,14 +426,20 @@ async fn snapshots_keep_answering_the_same(c: &Catalog) {
         dataset: "ds".into(),
         attributes_json: a.into(),
     };
-    c.put_participants("a", &[p("{\"age\":\"30\"}")], 1).await.unwrap();
+    c.put_participants("a", &[p("{\"age\":\"30\"}")], 1)
+        .await
+        .unwrap();
     let before = c.create_snapshot("a", "before", 7).await.unwrap();
     assert_eq!(c.snapshot("a", "before").await.unwrap(), Some(before));
     assert!(matches!(
         c.create_snapshot("a", "before", 8).await,
         Err(gbrain_catalog::Error::SnapshotExists(_))
     ));
-    assert_eq!(c.snapshot("b", "before").await.unwrap(), None, "names are per tenant");
+    assert_eq!(
+        c.snapshot("b", "before").await.unwrap(),
+        None,
+        "names are per tenant"
+    );
 
     commit(c, &recording("a", "r2", "s2")).await;
     let events = DataFileRow {
@@ -445,12 +451,20 @@ async fn snapshots_keep_answering_the_same(c: &Catalog) {
         size_bytes: 100,
     };
     append(c, "a", "r1", &events, None, "w-events").await;
-    c.put_participants("a", &[p("{\"age\":\"31\"}")], 2).await.unwrap();
+    c.put_participants("a", &[p("{\"age\":\"31\"}")], 2)
+        .await
+        .unwrap();
 
     let then = c.tenant_view("a", before).await.unwrap();
-    let now = c.tenant_view("a", c.current_seq().await.unwrap()).await.unwrap();
+    let now = c
+        .tenant_view("a", c.current_seq().await.unwrap())
+        .await
+        .unwrap();
     let ids = |v: &gbrain_catalog::TenantView| {
-        v.recordings.iter().map(|r| r.recording_id.clone()).collect::<Vec<_>>()
+        v.recordings
+            .iter()
+            .map(|r| r.recording_id.clone())
+            .collect::<Vec<_>>()
     };
     assert_eq!(ids(&then), vec!["r1"]);
     assert_eq!(ids(&now), vec!["r1", "r2"]);
@@ -458,7 +472,11 @@ async fn snapshots_keep_answering_the_same(c: &Catalog) {
     assert_eq!(now.channels.len(), 2);
     assert_eq!(then.segments.len(), 1);
     assert!(then.files.iter().all(|(_, f)| f.kind == FileKind::Signal));
-    assert!(now.files.iter().any(|(r, f)| r == "r1" && f.kind == FileKind::Events));
+    assert!(
+        now.files
+            .iter()
+            .any(|(r, f)| r == "r1" && f.kind == FileKind::Events)
+    );
     assert_eq!(
         c.participants_at("a", before).await.unwrap()[0].attributes_json,
         "{\"age\":\"30\"}"
@@ -467,7 +485,13 @@ async fn snapshots_keep_answering_the_same(c: &Catalog) {
         c.participants("a").await.unwrap()[0].attributes_json,
         "{\"age\":\"31\"}"
     );
-    assert!(c.tenant_view("b", i64::MAX).await.unwrap().recordings.is_empty());
+    assert!(
+        c.tenant_view("b", i64::MAX)
+            .await
+            .unwrap()
+            .recordings
+            .is_empty()
+    );
     assert_eq!(c.snapshots("a").await.unwrap().len(), 1);
     assert!(c.delete_snapshot("a", "before").await.unwrap());
     assert_eq!(c.snapshot("a", "before").await.unwrap(), None);

@@ -5,10 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use gbrain_common::clap_blocks::{
-    AuthArgs, ClientArgs, IngestArgs, IngestServeArgs, LogArgs, ServerArgs,
+    AuthArgs, ClientArgs, IngestArgs, IngestServeArgs, LogArgs, QueryArgs, QueryServeArgs,
+    ServerArgs,
 };
 
-use gbrain_cli::{bids, upload};
+use gbrain_cli::{bids, snapshot, sql, upload};
 
 mod export;
 mod recordings;
@@ -40,6 +41,8 @@ enum Command {
         auth: AuthArgs,
         #[command(flatten)]
         ingest: IngestArgs,
+        #[command(flatten)]
+        query: QueryArgs,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -96,6 +99,24 @@ enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Runs SQL over Flight SQL and prints the result as a table, or writes it to a file.
+    Sql {
+        /// The query (read-only: SELECT, EXPLAIN, SHOW TABLES).
+        query: String,
+        /// Run against a named snapshot instead of the latest data.
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Write the result to FILE.parquet, FILE.csv or FILE.arrow instead of printing it.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Names the catalog as it is now, so that queries against it keep their answers.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
     /// Makes and hashes tokens for auth files.
     Token {
         #[command(subcommand)]
@@ -109,6 +130,32 @@ enum ServeRole {
     Ingest {
         #[command(flatten)]
         args: IngestServeArgs,
+    },
+    /// The query service (Arrow Flight SQL).
+    Query {
+        #[command(flatten)]
+        args: QueryServeArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapshotCommand {
+    /// Creates a snapshot; query it as schema snapshot_NAME or with `gbrain sql --snapshot`.
+    Create {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Lists the tenant's snapshots.
+    Ls {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Deletes a snapshot (the data stays; only the name goes).
+    Rm {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -184,11 +231,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             server,
             auth,
             ingest,
+            query,
             log,
-        } => serve::up(data_dir, server, auth, ingest, log).await,
+        } => serve::up(data_dir, server, auth, ingest, query, log).await,
         Command::Serve {
             role: ServeRole::Ingest { args },
         } => serve::ingest(args).await,
+        Command::Serve {
+            role: ServeRole::Query { args },
+        } => serve::query(args).await,
+        Command::Sql {
+            query,
+            snapshot,
+            output,
+            client,
+        } => sql::command(query, snapshot, output, client).await,
+        Command::Snapshot { command } => match command {
+            SnapshotCommand::Create { name, client } => snapshot::create(name, client).await,
+            SnapshotCommand::Ls { client } => snapshot::list(client).await,
+            SnapshotCommand::Rm { name, client } => snapshot::delete(name, client).await,
+        },
         Command::Upload {
             files,
             subject,

@@ -6,11 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use gbrain_catalog::Catalog;
 use gbrain_common::auth::{Authenticator, generate_token};
-use gbrain_common::clap_blocks::{AuthArgs, IngestArgs, IngestServeArgs, LogArgs, ServerArgs};
+use gbrain_common::clap_blocks::{
+    AuthArgs, IngestArgs, IngestServeArgs, LogArgs, QueryArgs, QueryServeArgs, ServerArgs,
+};
+use gbrain_common::clock::{Clock, SystemClock};
 use gbrain_common::server::{bind, cancel_on_signal};
 use gbrain_common::tenant::TenantId;
-use gbrain_ingest::{IngestConfig, ServeConfig};
+use gbrain_ingest::{Ingest, IngestConfig, IngestDeps, IngestMetrics, Listeners, ServeConfig};
+use gbrain_query::{Query, QueryConfig, QueryDeps, QueryMetrics};
+use prometheus_client::registry::Registry;
+
+use gbrain_cli::cluster::{Services, serve_cluster};
 
 /// The tenant of the development token.
 const DEV_TENANT: &str = "demo";
@@ -22,6 +30,7 @@ pub async fn up(
     server: ServerArgs,
     auth: AuthArgs,
     ingest: IngestArgs,
+    query: QueryArgs,
     log: LogArgs,
 ) -> anyhow::Result<ExitCode> {
     gbrain_common::telemetry::init(log.log_format, std::env::var("RUST_LOG").ok().as_deref());
@@ -40,15 +49,60 @@ pub async fn up(
             Authenticator::single(&token, TenantId::new(DEV_TENANT)?)
         }
     };
-    let config = ServeConfig {
-        ingest: IngestConfig::from_args(&ingest),
-        object_store_url: format!("file://{}", data_dir.join("objects").display()),
-        object_store_options: Vec::new(),
-        catalog_url: format!("sqlite://{}", data_dir.join("catalog.db").display()),
-        auth: Arc::new(authenticator),
-        drain_delay: Duration::from_secs(server.drain_seconds),
-    };
-    serve_until_signal(config, &server, "embedded cluster").await
+    let store = gbrain_storage::store::open(
+        &format!("file://{}", data_dir.join("objects").display()),
+        &[],
+    )?;
+    let catalog = Catalog::connect(&format!(
+        "sqlite://{}",
+        data_dir.join("catalog.db").display()
+    ))
+    .await?;
+    let auth = Arc::new(authenticator);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mut registry = Registry::default();
+    let ingest = Ingest::new(
+        IngestConfig::from_args(&ingest),
+        IngestDeps {
+            store: Arc::clone(&store),
+            catalog: catalog.clone(),
+            auth: Arc::clone(&auth),
+            clock: Arc::clone(&clock),
+            metrics: IngestMetrics::register(&mut registry),
+        },
+    )?;
+    let mut query_config = QueryConfig::from_args(&query);
+    if query_config.spill_dir.is_none() {
+        query_config.spill_dir = Some(data_dir.join("spill"));
+    }
+    let query = Query::new(
+        query_config,
+        QueryDeps {
+            store,
+            catalog,
+            metrics: QueryMetrics::register(&mut registry),
+        },
+        clock,
+    )?;
+    let (grpc, http) = bind(&server).await?;
+    println!(
+        "embedded cluster: gRPC and Flight SQL on {}, metrics on http://{}/metrics",
+        grpc.local_addr()?,
+        http.local_addr()?
+    );
+    serve_cluster(
+        Services { ingest, query },
+        auth,
+        registry,
+        Listeners {
+            grpc,
+            http: Some(http),
+        },
+        cancel_on_signal(),
+        Duration::from_secs(server.drain_seconds),
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The ingest service as its own process.
@@ -65,21 +119,37 @@ pub async fn ingest(args: IngestServeArgs) -> anyhow::Result<ExitCode> {
     let auth = Arc::new(Authenticator::from_file(&auth_file)?);
     let aws = gbrain_storage::store::aws_options(std::env::vars());
     let config = ServeConfig::from_args(&args, auth, aws);
-    serve_until_signal(config, &args.server, "ingest").await
-}
-
-async fn serve_until_signal(
-    config: ServeConfig,
-    server: &ServerArgs,
-    what: &str,
-) -> anyhow::Result<ExitCode> {
-    let (grpc, http) = bind(server).await?;
+    let (grpc, http) = bind(&args.server).await?;
     println!(
-        "{what}: gRPC on {}, metrics on http://{}/metrics",
+        "ingest: gRPC on {}, metrics on http://{}/metrics",
         grpc.local_addr()?,
         http.local_addr()?
     );
     gbrain_ingest::run(config, grpc, Some(http), cancel_on_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The query service as its own process.
+pub async fn query(args: QueryServeArgs) -> anyhow::Result<ExitCode> {
+    gbrain_common::telemetry::init(
+        args.log.log_format,
+        std::env::var("RUST_LOG").ok().as_deref(),
+    );
+    let auth_file = args
+        .auth
+        .auth_file
+        .clone()
+        .context("--auth-file (or GBRAIN_AUTH_FILE) is required for a service process")?;
+    let auth = Arc::new(Authenticator::from_file(&auth_file)?);
+    let aws = gbrain_storage::store::aws_options(std::env::vars());
+    let config = gbrain_query::ServeConfig::from_args(&args, auth, aws);
+    let (grpc, http) = bind(&args.server).await?;
+    println!(
+        "query: Flight SQL on {}, metrics on http://{}/metrics",
+        grpc.local_addr()?,
+        http.local_addr()?
+    );
+    gbrain_query::run(config, grpc, Some(http), cancel_on_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

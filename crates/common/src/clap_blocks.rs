@@ -63,6 +63,31 @@ pub struct IngestArgs {
     pub gc_interval_seconds: u64,
 }
 
+/// Limits of the query service.
+#[derive(Debug, Clone, clap::Args)]
+pub struct QueryArgs {
+    /// Memory one query's operators may hold, in bytes; past it they spill to disk, or fail
+    /// with ResourceExhausted when they cannot spill.
+    #[arg(long, env = "GBRAIN_QUERY_MEMORY_BYTES", default_value_t = 2 << 30)]
+    pub query_memory_bytes: usize,
+
+    /// Seconds a query may run, from planning to its last batch.
+    #[arg(long, env = "GBRAIN_QUERY_TIMEOUT_SECONDS", default_value_t = 300)]
+    pub query_timeout_seconds: u64,
+
+    /// Arrow IPC bytes a query's result may have.
+    #[arg(long, env = "GBRAIN_QUERY_MAX_RESULT_BYTES", default_value_t = 4 << 30)]
+    pub query_max_result_bytes: u64,
+
+    /// Threads that execute queries (0: one per core).
+    #[arg(long, env = "GBRAIN_QUERY_THREADS", default_value_t = 0)]
+    pub query_threads: usize,
+
+    /// Directory spilled operators write to (default: the OS temporary directory).
+    #[arg(long, env = "GBRAIN_QUERY_SPILL_DIR")]
+    pub query_spill_dir: Option<PathBuf>,
+}
+
 /// Log output.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogArgs {
@@ -96,6 +121,23 @@ pub struct ClientArgs {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+/// Everything `gbrain serve query` and `gbrain-query` take.
+#[derive(Debug, Clone, clap::Args)]
+pub struct QueryServeArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub store: ObjectStoreArgs,
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+    #[command(flatten)]
+    pub query: QueryArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// Everything `gbrain serve ingest` and `gbrain-ingest` take.

@@ -37,6 +37,9 @@ pub struct ServeArgs {
     pub service_names: Vec<&'static str>,
     /// Encoded file descriptor sets of the services, for reflection.
     pub descriptor_sets: Vec<&'static [u8]>,
+    /// Paths (`/package.Service/Method`) of served methods whose descriptors are not in
+    /// `descriptor_sets`, so that metrics label them by name.
+    pub extra_method_paths: Vec<String>,
     pub health: HealthReporter,
     pub auth: Arc<Authenticator>,
     pub metrics: GrpcMetrics,
@@ -53,6 +56,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         routes,
         service_names,
         descriptor_sets,
+        extra_method_paths,
         health,
         auth,
         metrics,
@@ -97,7 +101,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
     ];
     all_sets.extend(descriptor_sets.iter().copied());
-    let known = crate::metrics::method_paths(&all_sets);
+    let mut known = crate::metrics::method_paths(&all_sets);
+    known.extend(extra_method_paths);
 
     let http = http_listener
         .map(|listener| tokio::spawn(serve_http(listener, registry, shutdown.clone())));

@@ -10,6 +10,13 @@ pub mod ingest {
     }
 }
 
+/// `globalbrain.query.v1`: named snapshots (queries themselves speak Flight SQL).
+pub mod query {
+    pub mod v1 {
+        tonic::include_proto!("globalbrain.query.v1");
+    }
+}
+
 /// The encoded file descriptor set of every proto above, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("globalbrain_descriptor");

@@ -255,6 +255,15 @@ pub async fn run(
 }
 
 /// Where a server listens.
+/// Starts garbage collection of interrupted uploads and writes, until `shutdown`.
+pub fn spawn_gc(ingest: &Arc<Ingest>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(gc::run_gc(
+        Arc::clone(ingest),
+        ingest.config.gc_interval,
+        shutdown,
+    ))
+}
+
 #[derive(Debug)]
 pub struct Listeners {
     pub grpc: TcpListener,
@@ -272,15 +281,12 @@ pub async fn serve_ingest(
     drain_delay: Duration,
 ) -> Result<()> {
     let grpc_metrics = GrpcMetrics::register(&mut registry);
-    let gc = tokio::spawn(gc::run_gc(
-        Arc::clone(&ingest),
-        ingest.config.gc_interval,
-        shutdown.clone(),
-    ));
+    let gc = spawn_gc(&ingest, shutdown.clone());
     serve(ServeArgs {
         routes: tonic::service::Routes::new(ingest.grpc_service()),
         service_names: vec![SERVICE_NAME],
         descriptor_sets: vec![gbrain_proto::FILE_DESCRIPTOR_SET],
+        extra_method_paths: Vec::new(),
         health: tonic_health::server::HealthReporter::new(),
         auth,
         metrics: grpc_metrics,

@@ -1,0 +1,501 @@
+//! The query engine: plans a tenant's read-only SQL against one catalog commit and runs it on
+//! the dedicated executor, within the query's memory, time and cancellation limits.
+//!
+//! Flight SQL, the CLI and the benchmark all come through here, so every path gets the same
+//! guard, the same tenant isolation and the same limits.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::ScalarValue;
+use datafusion::execution::TaskContext;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement;
+use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Value, visit_expressions_mut};
+use futures::{Stream, StreamExt};
+use gbrain_catalog::Catalog;
+use object_store::ObjectStore;
+use tokio::sync::mpsc;
+
+use crate::context::{CATALOG, PUBLIC, TenantCatalog, Views};
+use crate::error::{Error, Result};
+use crate::executor::Executor;
+use crate::metrics::{Outcome, QueryMetrics};
+use crate::tables::STORE_URL;
+
+/// Per-query limits.
+#[derive(Clone, Debug)]
+pub struct QueryLimits {
+    /// Memory a query's operators may hold; past it they spill to disk, or fail with
+    /// ResourceExhausted when they cannot spill.
+    pub memory_bytes: usize,
+    /// Wall-clock time from planning to the last batch.
+    pub timeout: Duration,
+    /// Arrow IPC bytes a result may have.
+    pub max_result_bytes: u64,
+    /// Partitions a query's scans and operators use.
+    pub target_partitions: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 2 << 30,
+            timeout: Duration::from_secs(300),
+            max_result_bytes: 4 << 30,
+            target_partitions: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct QueryConfig {
+    pub limits: QueryLimits,
+    /// Threads of the dedicated executor.
+    pub threads: usize,
+    /// Where spilled operators write; the OS temporary directory when `None`.
+    pub spill_dir: Option<PathBuf>,
+    /// Tenant views kept in memory.
+    pub view_cache: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            limits: QueryLimits::default(),
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            spill_dir: None,
+            view_cache: 64,
+        }
+    }
+}
+
+pub struct QueryDeps {
+    pub store: Arc<dyn ObjectStore>,
+    pub catalog: Catalog,
+    pub metrics: QueryMetrics,
+}
+
+pub struct QueryEngine {
+    store: Arc<dyn ObjectStore>,
+    catalog: Catalog,
+    views: Arc<Views>,
+    /// Shared by every query: the object store, the spill directory and the file metadata
+    /// cache. Each query gets its own memory pool on top.
+    runtime: Arc<RuntimeEnv>,
+    executor: Executor,
+    config: QueryConfig,
+    metrics: QueryMetrics,
+}
+
+impl std::fmt::Debug for QueryEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryEngine")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// A planned statement: its result and parameter types.
+#[derive(Clone, Debug)]
+pub struct Described {
+    pub schema: SchemaRef,
+    /// `$1`, `$2`, … in order, with their types where the plan fixes them.
+    pub parameters: Vec<(String, Option<DataType>)>,
+}
+
+impl QueryEngine {
+    pub fn new(config: QueryConfig, deps: QueryDeps) -> Result<Arc<Self>> {
+        let mode = match &config.spill_dir {
+            Some(dir) => DiskManagerMode::Directories(vec![dir.clone()]),
+            None => DiskManagerMode::OsTmpDirectory,
+        };
+        let runtime = RuntimeEnvBuilder::new()
+            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(mode))
+            .build_arc()
+            .map_err(|e| Error::Startup(format!("query runtime: {e}")))?;
+        let url = url::Url::parse(STORE_URL).map_err(|e| Error::Startup(e.to_string()))?;
+        runtime.register_object_store(&url, Arc::clone(&deps.store));
+        let executor = Executor::new("query", config.threads)
+            .map_err(|e| Error::Startup(format!("query executor: {e}")))?;
+        Ok(Arc::new(Self {
+            views: Arc::new(Views::new(deps.catalog.clone(), config.view_cache)),
+            store: deps.store,
+            catalog: deps.catalog,
+            runtime,
+            executor,
+            config,
+            metrics: deps.metrics,
+        }))
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn limits(&self) -> &QueryLimits {
+        &self.config.limits
+    }
+
+    pub fn metrics(&self) -> &QueryMetrics {
+        &self.metrics
+    }
+
+    /// The commit a query runs on: the named snapshot's, or the latest.
+    pub async fn resolve(&self, tenant: &str, snapshot: Option<&str>) -> Result<i64> {
+        match snapshot.map(str::trim).filter(|s| !s.is_empty()) {
+            None => Ok(self.catalog.current_seq().await?),
+            Some(name) => self
+                .catalog
+                .snapshot(tenant, name)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("snapshot {name:?} does not exist"))),
+        }
+    }
+
+    /// Checks that `seq` names a commit that exists (tickets come back from clients).
+    pub async fn check_seq(&self, seq: i64) -> Result<()> {
+        let current = self.catalog.current_seq().await?;
+        if seq < 0 || seq > current {
+            return Err(Error::invalid(
+                "ticket",
+                format!("commit {seq} does not exist (latest is {current})"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A session over the tenant's data as of `seq`.
+    pub async fn session(&self, tenant: &str, seq: i64) -> Result<SessionContext> {
+        let current = self.views.get(tenant, seq).await?;
+        let snapshots: Vec<(String, i64)> = self
+            .catalog
+            .snapshots(tenant)
+            .await?
+            .into_iter()
+            .map(|(name, seq, _)| (name, seq))
+            .collect();
+        let runtime = RuntimeEnvBuilder::from_runtime_env(&self.runtime)
+            .with_memory_pool(Arc::new(FairSpillPool::new(
+                self.config.limits.memory_bytes,
+            )))
+            .build_arc()?;
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG, PUBLIC)
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(true)
+            .with_target_partitions(self.config.limits.target_partitions.max(1));
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let view = Arc::clone(&current.view);
+        ctx.register_catalog(
+            CATALOG,
+            Arc::new(TenantCatalog::new(&self.views, tenant, current, &snapshots)),
+        );
+        crate::functions::register(&ctx, &view, &self.store);
+        Ok(ctx)
+    }
+
+    async fn logical(
+        &self,
+        tenant: &str,
+        seq: i64,
+        sql: &str,
+    ) -> Result<(SessionContext, LogicalPlan)> {
+        let mut statement = crate::guard::read_only(sql)?;
+        number_placeholders(&mut statement);
+        let ctx = self.session(tenant, seq).await?;
+        let plan = ctx.state().statement_to_plan(statement).await?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)
+            .map_err(|e| Error::PermissionDenied(e.find_root().to_string()))?;
+        Ok((ctx, plan))
+    }
+
+    /// Plans `sql` without running it.
+    pub async fn describe(
+        self: &Arc<Self>,
+        tenant: &str,
+        seq: i64,
+        sql: &str,
+    ) -> Result<Described> {
+        let this = Arc::clone(self);
+        let (tenant, sql) = (tenant.to_string(), sql.to_string());
+        self.on_executor(async move {
+            let (_, plan) = this.logical(&tenant, seq, &sql).await?;
+            let mut parameters: Vec<(String, Option<DataType>)> =
+                plan.get_parameter_types()?.into_iter().collect();
+            parameters.sort_by_key(|(name, _)| placeholder_index(name));
+            Ok(Described {
+                schema: Arc::new(plan.schema().as_arrow().clone()),
+                parameters,
+            })
+        })
+        .await
+    }
+
+    async fn physical(
+        &self,
+        tenant: &str,
+        seq: i64,
+        sql: &str,
+        params: Vec<ScalarValue>,
+    ) -> Result<(Arc<dyn ExecutionPlan>, Arc<TaskContext>)> {
+        let (ctx, plan) = self.logical(tenant, seq, sql).await?;
+        let expected = plan.get_parameter_types()?.len();
+        if expected != params.len() {
+            return Err(Error::invalid(
+                "parameters",
+                format!(
+                    "the statement has {expected} placeholders but {} values are bound",
+                    params.len()
+                ),
+            ));
+        }
+        let plan = if params.is_empty() {
+            plan
+        } else {
+            plan.with_param_values(params)?
+        };
+        let physical = ctx.state().create_physical_plan(&plan).await?;
+        Ok((physical, ctx.task_ctx()))
+    }
+
+    async fn on_executor<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        self.executor
+            .spawn(fut)
+            .await
+            .map_err(|e| Error::Internal(format!("query task: {e}")))?
+    }
+
+    /// Runs `sql` as of `seq` with `params` bound to its placeholders, in order.
+    pub async fn run(
+        self: &Arc<Self>,
+        tenant: &str,
+        seq: i64,
+        sql: &str,
+        params: Vec<ScalarValue>,
+    ) -> Result<QueryStream> {
+        let started = Instant::now();
+        let limit = self.config.limits.timeout;
+        let this = Arc::clone(self);
+        let (t, s) = (tenant.to_string(), sql.to_string());
+        let planned = tokio::time::timeout(
+            limit,
+            self.on_executor(async move { this.physical(&t, seq, &s, params).await }),
+        )
+        .await;
+        let (plan, task_ctx) = match planned {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                self.metrics
+                    .finished(Outcome::of_status(tonic::Status::from(&e).code()));
+                return Err(e);
+            }
+            Err(_) => {
+                self.metrics.finished(Outcome::Limited);
+                return Err(timed_out(limit));
+            }
+        };
+        let schema = plan.schema();
+        let (tx, rx) = mpsc::channel::<Result<RecordBatch>>(2);
+        let metrics = self.metrics.clone();
+        let remaining = limit.saturating_sub(started.elapsed());
+        self.metrics.active.inc();
+        self.executor.spawn(async move {
+            let outcome = forward(plan, task_ctx, &tx, remaining, limit).await;
+            metrics.active.dec();
+            metrics.finished(outcome);
+            metrics
+                .duration_seconds
+                .observe(started.elapsed().as_secs_f64());
+            if outcome == Outcome::Cancelled {
+                tracing::info!("client went away: query cancelled");
+            }
+        });
+        Ok(QueryStream { schema, rx })
+    }
+
+    /// Runs `sql` and collects its batches.
+    pub async fn collect(
+        self: &Arc<Self>,
+        tenant: &str,
+        seq: i64,
+        sql: &str,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let stream = self.run(tenant, seq, sql, Vec::new()).await?;
+        let schema = stream.schema();
+        let batches: Vec<RecordBatch> = futures::TryStreamExt::try_collect(stream).await?;
+        Ok((schema, batches))
+    }
+}
+
+fn timed_out(limit: Duration) -> Error {
+    Error::ResourceExhausted(format!(
+        "query exceeded its time limit of {:.1} s",
+        limit.as_secs_f64()
+    ))
+}
+
+/// Streams a plan's batches into `tx` until the end, an error, the time limit, or the receiver
+/// going away, whichever comes first; dropping the plan's stream stops its work.
+async fn forward(
+    plan: Arc<dyn ExecutionPlan>,
+    task_ctx: Arc<TaskContext>,
+    tx: &mpsc::Sender<Result<RecordBatch>>,
+    remaining: Duration,
+    limit: Duration,
+) -> Outcome {
+    let work = async {
+        let mut stream = match execute_stream(plan, task_ctx) {
+            Ok(s) => s,
+            Err(e) => {
+                let e = Error::from(e);
+                let outcome = Outcome::of_status(tonic::Status::from(&e).code());
+                let _ = tx.send(Err(e)).await;
+                return outcome;
+            }
+        };
+        while let Some(batch) = stream.next().await {
+            match batch {
+                Ok(b) => {
+                    if tx.send(Ok(b)).await.is_err() {
+                        return Outcome::Cancelled;
+                    }
+                }
+                Err(e) => {
+                    let e = Error::from(e);
+                    let outcome = Outcome::of_status(tonic::Status::from(&e).code());
+                    let _ = tx.send(Err(e)).await;
+                    return outcome;
+                }
+            }
+        }
+        Outcome::Ok
+    };
+    tokio::select! {
+        _ = tx.closed() => Outcome::Cancelled,
+        r = tokio::time::timeout(remaining, work) => match r {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                let _ = tx.send(Err(timed_out(limit))).await;
+                Outcome::Limited
+            }
+        },
+    }
+}
+
+/// A running query's batches.
+pub struct QueryStream {
+    schema: SchemaRef,
+    rx: mpsc::Receiver<Result<RecordBatch>>,
+}
+
+impl QueryStream {
+    pub fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+}
+
+impl Stream for QueryStream {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// Turns `?` placeholders (ADBC's and JDBC's style) into DataFusion's `$1`, `$2`, … in the
+/// order they appear.
+fn number_placeholders(statement: &mut Statement) {
+    let mut n = 0;
+    let mut visit = |s: &mut datafusion::sql::sqlparser::ast::Statement| {
+        let _ = visit_expressions_mut(s, |e| {
+            if let SqlExpr::Value(v) = e
+                && let Value::Placeholder(p) = &mut v.value
+                && p == "?"
+            {
+                n += 1;
+                *p = format!("${n}");
+            }
+            ControlFlow::<()>::Continue(())
+        });
+    };
+    match statement {
+        Statement::Statement(s) => visit(s),
+        Statement::Explain(e) => {
+            if let Statement::Statement(s) = e.statement.as_mut() {
+                visit(s);
+            }
+        }
+        Statement::CreateExternalTable(_) | Statement::CopyTo(_) | Statement::Reset(_) => {}
+    }
+}
+
+fn placeholder_index(name: &str) -> u64 {
+    name.trim_start_matches('$').parse().unwrap_or(u64::MAX)
+}
+
+/// Snapshot names: 1-64 of a-z, 0-9 and _, starting with a letter.
+pub fn check_snapshot_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "name",
+            format!(
+                "snapshot name {name:?} must be 1-64 of a-z, 0-9 and _, starting with a letter"
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_question_mark_placeholders_in_order() {
+        let mut s = crate::guard::read_only(
+            "SELECT * FROM events WHERE type = ? AND onset > ? AND value = $3",
+        )
+        .unwrap();
+        number_placeholders(&mut s);
+        let text = s.to_string();
+        assert!(text.contains("type = $1 AND onset > $2"), "{text}");
+    }
+
+    #[test]
+    fn checks_snapshot_names() {
+        assert!(check_snapshot_name("before_rerun_2").is_ok());
+        for bad in ["", "Upper", "1st", "with-dash", "a/b", &"x".repeat(65)] {
+            assert!(check_snapshot_name(bad).is_err(), "{bad}");
+        }
+    }
+}
