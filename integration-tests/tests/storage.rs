@@ -113,6 +113,25 @@ async fn writes_that_never_commit_are_invisible_and_collected() {
             .recordings
             .is_empty()
     );
+    // Nor can SQL see any of it: the view holds committed recordings only.
+    let seen = sb
+        .sql(
+            gbrain_integration_tests::ANALYST_TOKEN,
+            "SELECT (SELECT count(*) FROM recordings) AS r, (SELECT count(*) FROM channels) AS c, \
+             (SELECT count(*) FROM samples) AS s, (SELECT count(*) FROM epochs('*', -1, 1)) AS e",
+        )
+        .await
+        .unwrap();
+    for c in seen.columns() {
+        let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Int64).unwrap();
+        assert_eq!(
+            c.as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap()
+                .value(0),
+            0
+        );
+    }
     // Some signal files made it to storage before the "crash"; the cleanup could not run.
     use futures::TryStreamExt;
     let before: Vec<ObjectMeta> = inner

@@ -195,11 +195,15 @@ impl QueryEngine {
                 self.config.limits.memory_bytes,
             )))
             .build_arc()?;
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG, PUBLIC)
             .with_create_default_catalog_and_schema(false)
             .with_information_schema(true)
             .with_target_partitions(self.config.limits.target_partitions.max(1));
+        // A sort keeps this much back for merging its spilled runs; DataFusion's 10 MiB default
+        // would be most of a small limit.
+        let reserve = (self.config.limits.memory_bytes / 8).min(10 << 20);
+        config.options_mut().execution.sort_spill_reservation_bytes = reserve;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         let view = Arc::clone(&current.view);
         ctx.register_catalog(
@@ -210,14 +214,29 @@ impl QueryEngine {
         Ok(ctx)
     }
 
+    /// Plans `sql`; with `params`, their values replace its placeholders first, so that they
+    /// reach table function arguments too.
     async fn logical(
         &self,
         tenant: &str,
         seq: i64,
         sql: &str,
+        params: Option<&[ScalarValue]>,
     ) -> Result<(SessionContext, LogicalPlan)> {
         let mut statement = crate::guard::read_only(sql)?;
-        number_placeholders(&mut statement);
+        let placeholders = number_placeholders(&mut statement);
+        if let Some(values) = params {
+            if values.len() != placeholders {
+                return Err(Error::invalid(
+                    "parameters",
+                    format!(
+                        "the statement has {placeholders} placeholders but {} values are bound",
+                        values.len()
+                    ),
+                ));
+            }
+            bind_parameters(&mut statement, values)?;
+        }
         let ctx = self.session(tenant, seq).await?;
         let plan = ctx.state().statement_to_plan(statement).await?;
         SQLOptions::new()
@@ -239,7 +258,7 @@ impl QueryEngine {
         let this = Arc::clone(self);
         let (tenant, sql) = (tenant.to_string(), sql.to_string());
         self.on_executor(async move {
-            let (_, plan) = this.logical(&tenant, seq, &sql).await?;
+            let (_, plan) = this.logical(&tenant, seq, &sql, None).await?;
             let mut parameters: Vec<(String, Option<DataType>)> =
                 plan.get_parameter_types()?.into_iter().collect();
             parameters.sort_by_key(|(name, _)| placeholder_index(name));
@@ -258,22 +277,7 @@ impl QueryEngine {
         sql: &str,
         params: Vec<ScalarValue>,
     ) -> Result<(Arc<dyn ExecutionPlan>, Arc<TaskContext>)> {
-        let (ctx, plan) = self.logical(tenant, seq, sql).await?;
-        let expected = plan.get_parameter_types()?.len();
-        if expected != params.len() {
-            return Err(Error::invalid(
-                "parameters",
-                format!(
-                    "the statement has {expected} placeholders but {} values are bound",
-                    params.len()
-                ),
-            ));
-        }
-        let plan = if params.is_empty() {
-            plan
-        } else {
-            plan.with_param_values(params)?
-        };
+        let (ctx, plan) = self.logical(tenant, seq, sql, Some(&params)).await?;
         let physical = ctx.state().create_physical_plan(&plan).await?;
         Ok((physical, ctx.task_ctx()))
     }
@@ -425,30 +429,72 @@ impl Stream for QueryStream {
     }
 }
 
+/// The SQL statement inside a (possibly explained) statement.
+fn inner_sql(statement: &mut Statement) -> Option<&mut datafusion::sql::sqlparser::ast::Statement> {
+    match statement {
+        Statement::Statement(s) => Some(s),
+        Statement::Explain(e) => inner_sql(e.statement.as_mut()),
+        Statement::CreateExternalTable(_) | Statement::CopyTo(_) | Statement::Reset(_) => None,
+    }
+}
+
 /// Turns `?` placeholders (ADBC's and JDBC's style) into DataFusion's `$1`, `$2`, … in the
-/// order they appear.
-fn number_placeholders(statement: &mut Statement) {
+/// order they appear; returns the highest placeholder number.
+fn number_placeholders(statement: &mut Statement) -> usize {
+    let Some(s) = inner_sql(statement) else {
+        return 0;
+    };
     let mut n = 0;
-    let mut visit = |s: &mut datafusion::sql::sqlparser::ast::Statement| {
-        let _ = visit_expressions_mut(s, |e| {
-            if let SqlExpr::Value(v) = e
-                && let Value::Placeholder(p) = &mut v.value
-                && p == "?"
-            {
+    let mut highest = 0;
+    let _ = visit_expressions_mut(s, |e| {
+        if let SqlExpr::Value(v) = e
+            && let Value::Placeholder(p) = &mut v.value
+        {
+            if p == "?" {
                 n += 1;
                 *p = format!("${n}");
             }
-            ControlFlow::<()>::Continue(())
-        });
+            highest = highest.max(placeholder_index(p).min(u64::from(u32::MAX)) as usize);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    highest
+}
+
+/// Replaces each `$n` with the SQL literal of `values[n - 1]`.
+fn bind_parameters(statement: &mut Statement, values: &[ScalarValue]) -> Result<()> {
+    let Some(s) = inner_sql(statement) else {
+        return Ok(());
     };
-    match statement {
-        Statement::Statement(s) => visit(s),
-        Statement::Explain(e) => {
-            if let Statement::Statement(s) = e.statement.as_mut() {
-                visit(s);
+    let literals: Vec<SqlExpr> = values
+        .iter()
+        .map(|v| {
+            datafusion::sql::unparser::expr_to_sql(&datafusion::logical_expr::Expr::Literal(
+                v.clone(),
+                None,
+            ))
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::invalid("parameters", e.to_string()))?;
+    let mut missing = None;
+    let _ = visit_expressions_mut(s, |e| {
+        if let SqlExpr::Value(v) = e
+            && let Value::Placeholder(p) = &v.value
+        {
+            let i = placeholder_index(p) as usize;
+            match i.checked_sub(1).and_then(|i| literals.get(i)) {
+                Some(lit) => *e = SqlExpr::Nested(Box::new(lit.clone())),
+                None => missing = Some(p.clone()),
             }
         }
-        Statement::CreateExternalTable(_) | Statement::CopyTo(_) | Statement::Reset(_) => {}
+        ControlFlow::<()>::Continue(())
+    });
+    match missing {
+        Some(p) => Err(Error::invalid(
+            "parameters",
+            format!("no value is bound to {p}"),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -486,9 +532,23 @@ mod tests {
             "SELECT * FROM events WHERE type = ? AND onset > ? AND value = $3",
         )
         .unwrap();
-        number_placeholders(&mut s);
+        assert_eq!(number_placeholders(&mut s), 3);
         let text = s.to_string();
         assert!(text.contains("type = $1 AND onset > $2"), "{text}");
+        bind_parameters(
+            &mut s,
+            &[
+                ScalarValue::Utf8(Some("left".into())),
+                ScalarValue::Float64(Some(-1.5)),
+                ScalarValue::Utf8(Some("it's".into())),
+            ],
+        )
+        .unwrap();
+        let text = s.to_string();
+        assert!(
+            text.contains("type = ('left') AND onset > (-1.5) AND value = ('it''s')"),
+            "{text}"
+        );
     }
 
     #[test]

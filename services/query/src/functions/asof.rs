@@ -215,6 +215,9 @@ impl AsofEventsFunction {
 impl TableFunctionImpl for AsofEventsFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
         let name = "asof_events";
+        if let Some(t) = super::exec::unbound(name, args.exprs(), asof_events_schema) {
+            return Ok(t);
+        }
         let a = Args::new(name, args.exprs(), 2, 5)?;
         let left = a.set(0, "left event types")?;
         let right = a.set(1, "right event types")?;
@@ -346,6 +349,9 @@ impl SamplesAsofFunction {
 impl TableFunctionImpl for SamplesAsofFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
         let name = "samples_asof";
+        if let Some(t) = super::exec::unbound(name, args.exprs(), samples_asof_schema) {
+            return Ok(t);
+        }
         let a = Args::new(name, args.exprs(), 1, 5)?;
         let types = a.set(0, "event types")?;
         let (dir, tolerance) = parse_common(&a, name, 1)?;

@@ -392,6 +392,9 @@ impl EpochBandPowerFunction {
 impl TableFunctionImpl for EpochBandPowerFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
         let name = "epoch_band_power";
+        if let Some(t) = super::exec::unbound(name, args.exprs(), epoch_power_schema) {
+            return Ok(t);
+        }
         let a = Args::new(name, args.exprs(), 4, 6)?;
         let window = Arc::new(Window::parse(&a, name)?);
         let bands = match a.opt_str(3, "bands")? {

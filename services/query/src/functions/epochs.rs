@@ -236,6 +236,13 @@ impl TableFunctionImpl for EpochsFunction {
             Mode::Rows => "epochs",
             Mode::Average => "erp",
         };
+        let schema = match self.mode {
+            Mode::Rows => rows_schema,
+            Mode::Average => average_schema,
+        };
+        if let Some(t) = super::exec::unbound(name, args.exprs(), schema) {
+            return Ok(t);
+        }
         let a = Args::new(name, args.exprs(), 3, 5)?;
         let window = Window::parse(&a, name)?;
         let channels = a.set(3, "channels")?;

@@ -197,3 +197,30 @@ where
     });
     (n, work)
 }
+
+/// When a call's arguments hold placeholders (a prepared statement being described), a table
+/// with the function's schema that refuses to run: values are bound into the SQL before a
+/// statement executes, so this one only ever answers "which columns?".
+pub fn unbound(
+    name: &'static str,
+    exprs: &[Expr],
+    schema: impl FnOnce() -> SchemaRef,
+) -> Option<Arc<dyn TableProvider>> {
+    use datafusion::common::tree_node::TreeNode;
+    let placeholders = exprs.iter().any(|e| {
+        e.exists(|x| Ok(matches!(x, Expr::Placeholder(_))))
+            .unwrap_or(false)
+    });
+    if !placeholders {
+        return None;
+    }
+    Some(Arc::new(FunctionTable {
+        name,
+        schema: schema(),
+        plan: Arc::new(move |_| {
+            Box::pin(async move {
+                datafusion::common::plan_err!("{name}: its parameters have no values bound")
+            })
+        }),
+    }))
+}

@@ -78,6 +78,9 @@ impl ResampleFunction {
 impl TableFunctionImpl for ResampleFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
         let name = "resample";
+        if let Some(t) = super::exec::unbound(name, args.exprs(), schema) {
+            return Ok(t);
+        }
         let a = Args::new(name, args.exprs(), 1, 4)?;
         let rate = a.f64(0, "rate")?;
         if !(rate > 0.0 && rate <= MAX_RATE) {

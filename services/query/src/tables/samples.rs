@@ -463,7 +463,12 @@ fn to_samples(
         };
         columns.push(col);
     }
-    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(n));
+    Ok(RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        columns,
+        &options,
+    )?)
 }
 
 /// Seconds from the recording's start of each sample index; indices come sorted from one file.
