@@ -86,7 +86,8 @@ pub async fn up(
     )?;
     let (grpc, http) = bind(&server).await?;
     println!(
-        "embedded cluster: gRPC and Flight SQL on {}, metrics on http://{}/metrics",
+        "embedded cluster: gRPC on {}, metrics on http://{}/metrics (ingest, Flight SQL and \
+         snapshots share the gRPC port)",
         grpc.local_addr()?,
         http.local_addr()?
     );
@@ -145,7 +146,7 @@ pub async fn query(args: QueryServeArgs) -> anyhow::Result<ExitCode> {
     let config = gbrain_query::ServeConfig::from_args(&args, auth, aws);
     let (grpc, http) = bind(&args.server).await?;
     println!(
-        "query: Flight SQL on {}, metrics on http://{}/metrics",
+        "query: gRPC on {}, metrics on http://{}/metrics (Flight SQL and snapshots)",
         grpc.local_addr()?,
         http.local_addr()?
     );
