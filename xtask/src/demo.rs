@@ -66,7 +66,11 @@ fn start(bin: &Path, data: &Path) -> anyhow::Result<Cluster> {
                 .split(',')
                 .next()
                 .map(|a| format!("http://{}", a.trim()));
-            metrics = rest.split("metrics on ").nth(1).map(str::to_string);
+            metrics = rest
+                .split("metrics on ")
+                .nth(1)
+                .and_then(|m| m.split_whitespace().next())
+                .map(str::to_string);
             break;
         }
     }
@@ -174,7 +178,9 @@ fn bids_dataset(samples: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 pub fn demo(root: &Path) -> anyhow::Result<()> {
-    println!("Global Brain demo: hospital recordings in, de-identified, queryable files out.");
+    println!(
+        "Global Brain demo: hospital recordings in, de-identified, fused with behaviour in SQL."
+    );
     step(1, "building gbrain");
     run(cargo().args(["build", "-p", "gbrain-cli", "--bin", "gbrain"]))?;
     let bin = crate::target_dir(root).join("debug/gbrain");
@@ -230,19 +236,24 @@ pub fn demo(root: &Path) -> anyhow::Result<()> {
     step(6, "the catalog (gbrain recordings ls)");
     let listing = gbrain(&bin, &cluster, &["recordings", "ls"])?;
     print!("{}", indent(&listing));
-    let listed = gbrain(&bin, &cluster, &["recordings", "ls", "--json"])?;
+    let listed: serde_json::Value =
+        serde_json::from_str(&gbrain(&bin, &cluster, &["recordings", "ls", "--json"])?)?;
+    // Events go to the BDF+ recording: five channels at five rates, 30 s.
     let first = listed
-        .split("\"recording_id\": \"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .context("no recording listed")?
+        .as_array()
+        .and_then(|all| {
+            all.iter()
+                .find(|r| r["format"].as_str().is_some_and(|f| f.starts_with("BDF")))
+        })
+        .and_then(|r| r["recording_id"].as_str())
+        .context("no BDF recording listed")?
         .to_string();
 
     step(7, "appending behavioural events (gbrain events append)");
     let events = work.join("responses.tsv");
     std::fs::write(
         &events,
-        "onset\tduration\ttrial_type\tresponse_time\n12.5\t0\tbutton\t0.412\n31.0\t0\tbutton\t0.388\n",
+        "onset\tduration\ttrial_type\tresponse_time\n12.5\t0\tbutton\t0.412\n21.0\t0\tbutton\t0.388\n",
     )?;
     print!(
         "{}",
@@ -262,7 +273,45 @@ pub fn demo(root: &Path) -> anyhow::Result<()> {
         )?)
     );
 
-    step(8, "exporting a de-identified EDF+ (gbrain export)");
+    step(
+        8,
+        "fusing signals with behaviour in SQL over Flight SQL (gbrain sql)",
+    );
+    for (what, sql) in [
+        (
+            "samples per recording",
+            "SELECT recording_id, count(*) AS samples, max(t) AS last_t FROM samples \
+             GROUP BY recording_id ORDER BY recording_id",
+        ),
+        (
+            "the signal around each button press, averaged (erp)",
+            "SELECT channel, count(*) AS points, max(epochs) AS presses, \
+             round(min(value), 2) AS min_uv, round(max(value), 2) AS max_uv \
+             FROM erp('button', -0.2, 0.8) GROUP BY channel",
+        ),
+        (
+            "alpha and beta power in the second after each press (epoch_band_power)",
+            "SELECT onset, channel, band, round(power, 3) AS power \
+             FROM epoch_band_power('button', 0, 1, 'alpha,beta') ORDER BY onset, band",
+        ),
+        (
+            "each sample with the press in force at its time (samples_asof)",
+            "SELECT event_onset, count(*) AS samples, round(avg(value), 2) AS mean_uv \
+             FROM samples_asof('button', 'backward', NULL, 'sine 5Hz') \
+             GROUP BY event_onset ORDER BY event_onset",
+        ),
+    ] {
+        println!("   {what}:");
+        println!("   $ gbrain sql \"{sql}\"");
+        print!("{}", indent(&gbrain(&bin, &cluster, &["sql", sql])?));
+    }
+    println!("   naming this state of the catalog keeps answers reproducible:");
+    print!(
+        "{}",
+        indent(&gbrain(&bin, &cluster, &["snapshot", "create", "demo"])?)
+    );
+
+    step(9, "exporting a de-identified EDF+ (gbrain export)");
     let show = gbrain(&bin, &cluster, &["recordings", "show", &first])?;
     print!("{}", indent(&show));
     let ext = if show.contains("BDF") { "bdf" } else { "edf" };
@@ -281,18 +330,19 @@ pub fn demo(root: &Path) -> anyhow::Result<()> {
         String::from_utf8_lossy(&header[8..88]).trim()
     );
 
-    step(9, "metrics (Prometheus, http://.../metrics)");
+    step(10, "metrics (Prometheus, http://.../metrics)");
     let metrics = http_get(&cluster.metrics)?;
     for line in metrics.lines().filter(|l| {
         l.starts_with("gbrain_ingest_uploads_total")
             || l.starts_with("gbrain_ingest_samples_total")
             || l.starts_with("gbrain_ingest_source_bytes_total")
             || l.starts_with("gbrain_ingest_stored_bytes_total")
+            || l.starts_with("gbrain_query_queries_total")
     }) {
         println!("   {line}");
     }
 
-    step(10, "stopping the cluster");
+    step(11, "stopping the cluster");
     drop(cluster);
     println!(
         "   data stays in {}; start it again with gbrain up --data-dir {}",
