@@ -46,6 +46,12 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         minutes: u32,
     },
+    /// Runs the query benchmark (release build): our Flight SQL server beside DuckDB and polars.
+    BenchQuery {
+        /// Extra arguments for the benchmark (--recordings, --minutes, --runs...).
+        #[arg(trailing_var_arg = true)]
+        rest: Vec<String>,
+    },
     /// Fuzzes the EDF/BDF and BIDS parsers (nightly toolchain and cargo-fuzz).
     Fuzz {
         #[arg(long, default_value_t = 60)]
@@ -61,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Demo => demo::demo(&root),
         Cmd::Test { no_lint, rest } => test(&root, no_lint, &rest),
         Cmd::Bench { minutes } => bench(&root, minutes),
+        Cmd::BenchQuery { rest } => bench_query(&root, &rest),
         Cmd::Fuzz { seconds } => fuzz(&root, seconds),
     }
 }
@@ -134,6 +141,15 @@ fn bench(root: &Path, minutes: u32) -> anyhow::Result<()> {
     ]))?;
     let mut cmd = Command::new(target_dir(root).join("release/ingest"));
     cmd.arg("--minutes").arg(minutes.to_string());
+    tools.apply(&mut cmd, root);
+    run(&mut cmd)
+}
+
+fn bench_query(root: &Path, rest: &[String]) -> anyhow::Result<()> {
+    let tools = env::prepare(root, env::Purpose::Bench)?;
+    run(cargo().args(["build", "--release", "-p", "gbrain-bench", "--bin", "query"]))?;
+    let mut cmd = Command::new(target_dir(root).join("release/query"));
+    cmd.args(rest);
     tools.apply(&mut cmd, root);
     run(&mut cmd)
 }
