@@ -220,9 +220,8 @@ async fn band_power_is_welch_over_the_channels_rate() {
         .sql(
             ANALYST_TOKEN,
             &format!(
-                "SELECT band_power(s.value, s.t, c.sample_rate, 8, 13) AS alpha \
-                 FROM samples s JOIN channels c ON s.recording_id = c.recording_id AND s.channel = c.label \
-                 WHERE s.recording_id = '{}' AND s.channel = 'EEG C1' AND s.t >= 2 AND s.t < 6",
+                "SELECT band_power(value, t, sample_rate, 8, 13) AS alpha FROM samples \
+                 WHERE recording_id = '{}' AND channel = 'EEG C1' AND t >= 2 AND t < 6",
                 fx.a.id
             ),
         )
@@ -250,6 +249,21 @@ async fn asof_pairs_events_and_samples_with_the_right_event() {
     let lags = f64s(&r, "lag_s");
     assert_eq!(lags.len(), 8);
     assert!(lags.iter().all(|l| (l - 0.4).abs() < 1e-9), "{lags:?}");
+
+    // The README's way onto epochs: join the match on the event.
+    let e = sb
+        .sql(
+            ANALYST_TOKEN,
+            &format!(
+                "SELECT e.epoch, a.matched_onset - a.onset AS rt FROM epochs('left', -0.2, 0.8, 'EEG C0', '{id}') e \
+                 JOIN asof_events('left', 'button', 'forward', 1.5, '{id}') a USING (recording_id, onset)",
+                id = fx.a.id
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(e.num_rows(), 4 * 129);
+    assert!(f64s(&e, "rt").iter().all(|l| (l - 0.4).abs() < 1e-9));
 
     // Each sample with the last trial event at or before it.
     let s = sb

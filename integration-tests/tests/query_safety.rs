@@ -141,6 +141,15 @@ async fn only_reads_run_and_only_for_analysts() {
         let err = sb.sql(ANALYST_TOKEN, sql).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{sql}: {err:?}");
     }
+    // Reading the catalog's own description stays allowed.
+    let shown = sb.sql(ANALYST_TOKEN, "SHOW TABLES").await.unwrap();
+    let names = arrow::util::pretty::pretty_format_batches(&[shown])
+        .unwrap()
+        .to_string();
+    assert!(
+        names.contains("samples") && names.contains("events"),
+        "{names}"
+    );
     let err = sb.sql(SUBMITTER_TOKEN, "SELECT 1").await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     let mut anonymous = gbrain_cli::sql::connect(
@@ -172,7 +181,10 @@ async fn memory_time_and_result_limits_are_resource_exhausted() {
         memory_bytes: 16 << 20,
         timeout: Duration::from_secs(15),
         max_result_bytes: 256 << 10,
-        target_partitions: 2,
+        // One partition: DataFusion 55's sorts running side by side under one fair pool race
+        // for what a spilling sort frees just before its merge, so under a limit this tight
+        // two of them sometimes stop (ResourceExhausted) rather than finish.
+        target_partitions: 1,
     }))
     .await;
     upload(&sb, Spec::eeg(4, 256, 3600), "a.edf").await;

@@ -388,6 +388,7 @@ async fn main() -> anyhow::Result<()> {
     let channel = "EEG 07";
     let qs = queries(&recording, channel, args.minutes * 60);
 
+    let (select_1, _) = server_side(&engine, seq, "SELECT 1", args.runs).await?;
     let mut ours = Vec::new();
     for (i, (name, sql)) in qs.iter().enumerate() {
         let runs = if i < 2 { args.slow_runs } else { args.runs };
@@ -398,6 +399,39 @@ async fn main() -> anyhow::Result<()> {
         );
         ours.push((t, rows));
     }
+
+    // End to end through Flight SQL with a Rust client (arrow-flight, as `gbrain sql` uses):
+    // GetFlightInfo, then DoGet, over loopback.
+    let mut client = gbrain_cli::sql::connect(
+        &gbrain_common::clap_blocks::ClientArgs {
+            server: format!("http://{addr}"),
+            token: Some(TOKEN.to_string()),
+            json: false,
+        },
+        None,
+    )
+    .await?;
+    let mut flight_times = Vec::new();
+    for (i, sql) in std::iter::once("SELECT 1")
+        .chain(qs.iter().map(|(_, s)| s.as_str()))
+        .enumerate()
+    {
+        let runs = if (1..=2).contains(&i) {
+            args.slow_runs
+        } else {
+            args.runs
+        };
+        gbrain_cli::sql::collect(&mut client, sql).await?;
+        let mut t = Vec::new();
+        for _ in 0..runs {
+            let start = Instant::now();
+            let r = gbrain_cli::sql::collect(&mut client, sql).await?;
+            t.push(start.elapsed().as_secs_f64());
+            drop(r);
+        }
+        flight_times.push(t);
+    }
+    drop(client);
 
     let spec = json!({
         "flight": addr.to_string(),
@@ -441,42 +475,65 @@ async fn main() -> anyhow::Result<()> {
         args.slow_runs, args.runs
     );
     println!(
-        "{:<30} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>9} {:>9} {:>9}",
+        "ours srv: the engine in-process. e2e Flight: a Rust Flight SQL client (GetFlightInfo + \
+         DoGet over loopback); transfer = e2e Flight - srv. e2e ADBC: ADBC's Python driver, \
+         fetch_arrow_table."
+    );
+    println!(
+        "{:<30} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>8} {:>8} {:>8} {:>8}",
         "query",
         "ours srv",
-        "ours e2e",
+        "e2e Fl.",
         "transfer",
+        "e2e ADBC",
         "DuckDB",
         "polars",
         "srv/duck",
-        "e2e/duck",
-        "e2e/pol"
+        "Fl./duck",
+        "ADBC/dk",
+        "Fl./pol"
+    );
+    let fixed: Vec<f64> = peers["times"]["ours_select_1"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    println!(
+        "{:<30} {:>9.4} {:>9.4} {:>9.4} {:>9.4}   (the fixed cost of any query)",
+        "0 SELECT 1",
+        median(&select_1),
+        median(&flight_times[0]),
+        median(&flight_times[0]) - median(&select_1),
+        median(&fixed),
     );
     for (q, (name, _)) in qs.iter().enumerate() {
         let srv = median(&ours[q].0);
-        let e2e = median(&times("ours", q));
+        let fl = median(&flight_times[q + 1]);
+        let adbc = median(&times("ours", q));
         let duck = median(&times("duckdb", q));
         let pol = median(&times("polars", q));
         println!(
-            "{:<30} {:>10.4} {:>10.4} {:>10.4} {:>10.4} {:>10.4} | {:>8.3}x {:>8.3}x {:>8.3}x",
+            "{:<30} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>9.4} | {:>7.3}x {:>7.3}x {:>7.3}x {:>7.3}x",
             name,
             srv,
-            e2e,
-            e2e - srv,
+            fl,
+            fl - srv,
+            adbc,
             duck,
             pol,
             srv / duck,
-            e2e / duck,
-            e2e / pol
+            fl / duck,
+            adbc / duck,
+            fl / pol
         );
     }
     println!();
     println!(
-        "targets: queries 1-2 end to end at most 0.2x DuckDB; queries 3-4 server-side at most 1x DuckDB and end to end at most 2x"
+        "targets: queries 1-2 end to end at most 0.2x DuckDB; queries 3-4 server-side at most 1x \
+         DuckDB and end to end at most 2x (end to end: the Flight SQL client; ADBC shown beside)"
     );
     for (q, (name, _)) in qs.iter().enumerate() {
         let srv = median(&ours[q].0);
-        let e2e = median(&times("ours", q));
+        let e2e = median(&flight_times[q + 1]);
         let duck = median(&times("duckdb", q));
         let met = if q < 2 {
             e2e <= 0.2 * duck
@@ -495,6 +552,7 @@ async fn main() -> anyhow::Result<()> {
         "every time (s): ours server {:?}",
         ours.iter().map(|o| &o.0).collect::<Vec<_>>()
     );
+    println!("                ours Flight (SELECT 1, then 1-4) {flight_times:?}");
     println!("                peers {}", peers["times"]);
     Ok(())
 }

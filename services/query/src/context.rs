@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use gbrain_catalog::{Catalog, Participant};
+use object_store::ObjectStore;
 use tokio::sync::OnceCell;
 
 use crate::error::Result;
@@ -93,6 +94,7 @@ impl TenantCatalog {
     /// `public` as `current`, and a lazily loaded schema per named snapshot.
     pub fn new(
         views: &Arc<Views>,
+        store: &Arc<dyn ObjectStore>,
         tenant: &str,
         current: Arc<Loaded>,
         snapshots: &[(String, i64)],
@@ -103,6 +105,7 @@ impl TenantCatalog {
             PUBLIC.to_string(),
             Arc::new(ViewSchema {
                 views: Arc::clone(views),
+                store: Arc::clone(store),
                 tenant: tenant.to_string(),
                 seq: None,
                 loaded: cell,
@@ -113,6 +116,7 @@ impl TenantCatalog {
                 format!("{SNAPSHOT_PREFIX}{name}"),
                 Arc::new(ViewSchema {
                     views: Arc::clone(views),
+                    store: Arc::clone(store),
                     tenant: tenant.to_string(),
                     seq: Some(*seq),
                     loaded: OnceCell::new(),
@@ -139,6 +143,7 @@ impl CatalogProvider for TenantCatalog {
 #[derive(Debug)]
 struct ViewSchema {
     views: Arc<Views>,
+    store: Arc<dyn ObjectStore>,
     tenant: String,
     /// The commit to load, for snapshots (`public` comes loaded).
     seq: Option<i64>,
@@ -172,7 +177,7 @@ impl SchemaProvider for ViewSchema {
             return Ok(None);
         }
         let loaded = self.load().await?;
-        tables::table(name, &loaded.view, &loaded.participants)
+        tables::table(name, &loaded.view, &loaded.participants, &self.store)
     }
 
     fn table_exist(&self, name: &str) -> bool {

@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::MemoryCatalogProviderList;
 use datafusion::common::ScalarValue;
 use datafusion::execution::TaskContext;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
@@ -28,7 +30,7 @@ use gbrain_catalog::Catalog;
 use object_store::ObjectStore;
 use tokio::sync::mpsc;
 
-use crate::context::{CATALOG, PUBLIC, TenantCatalog, Views};
+use crate::context::{CATALOG, PUBLIC, SNAPSHOT_PREFIX, TenantCatalog, Views};
 use crate::error::{Error, Result};
 use crate::executor::Executor;
 use crate::metrics::{Outcome, QueryMetrics};
@@ -98,6 +100,8 @@ pub struct QueryEngine {
     /// Shared by every query: the object store, the spill directory and the file metadata
     /// cache. Each query gets its own memory pool on top.
     runtime: Arc<RuntimeEnv>,
+    /// The session every query's starts from.
+    template: SessionState,
     executor: Executor,
     config: QueryConfig,
     metrics: QueryMetrics,
@@ -108,6 +112,25 @@ impl std::fmt::Debug for QueryEngine {
         f.debug_struct("QueryEngine")
             .field("config", &self.config)
             .finish()
+    }
+}
+
+/// A statement planned in its session, ready to run.
+pub struct Planned {
+    ctx: SessionContext,
+    plan: LogicalPlan,
+}
+
+impl Planned {
+    /// The schema of the statement's result.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::new(self.plan.schema().as_arrow().clone())
+    }
+}
+
+impl std::fmt::Debug for Planned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Planned")
     }
 }
 
@@ -133,7 +156,37 @@ impl QueryEngine {
         runtime.register_object_store(&url, Arc::clone(&deps.store));
         let executor = Executor::new("query", config.threads)
             .map_err(|e| Error::Startup(format!("query executor: {e}")))?;
+        let mut session_config = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG, PUBLIC)
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(true)
+            .with_target_partitions(config.limits.target_partitions.max(1));
+        // Each sort partition keeps this much back for merging its runs before it spills. The
+        // merge needs about as much as the sort held, so the pool is split evenly between the
+        // two: with DataFusion's fixed 10 MiB, sorts racing under a tight limit fail their
+        // merge instead of spilling.
+        let partitions = config.limits.target_partitions.max(1);
+        let reserve = config.limits.memory_bytes / (2 * partitions);
+        session_config
+            .options_mut()
+            .execution
+            .sort_spill_reservation_bytes = reserve;
+        // Scans here choose their own partitions (files per channel, functions per channel);
+        // what comes as one partition is small (catalog tables, in-memory events), where
+        // spreading rows round-robin over threads costs more than it saves.
+        session_config
+            .options_mut()
+            .optimizer
+            .enable_round_robin_repartition = false;
+        // Every query's session starts as a copy of this one: building DataFusion's function
+        // registry afresh per query would cost more than many queries.
+        let template = SessionStateBuilder::new()
+            .with_config(session_config)
+            .with_runtime_env(Arc::clone(&runtime))
+            .with_default_features()
+            .build();
         Ok(Arc::new(Self {
+            template,
             views: Arc::new(Views::new(deps.catalog.clone(), config.view_cache)),
             store: deps.store,
             catalog: deps.catalog,
@@ -180,35 +233,42 @@ impl QueryEngine {
         Ok(())
     }
 
-    /// A session over the tenant's data as of `seq`.
-    pub async fn session(&self, tenant: &str, seq: i64) -> Result<SessionContext> {
+    /// A session over the tenant's data as of `seq`, with a schema per named snapshot when
+    /// `snapshots` is set (looking them up costs a catalog query, so only SQL that names one
+    /// pays for it).
+    pub async fn session(&self, tenant: &str, seq: i64, snapshots: bool) -> Result<SessionContext> {
         let current = self.views.get(tenant, seq).await?;
-        let snapshots: Vec<(String, i64)> = self
-            .catalog
-            .snapshots(tenant)
-            .await?
-            .into_iter()
-            .map(|(name, seq, _)| (name, seq))
-            .collect();
+        let snapshots: Vec<(String, i64)> = if snapshots {
+            self.catalog
+                .snapshots(tenant)
+                .await?
+                .into_iter()
+                .map(|(name, seq, _)| (name, seq))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let runtime = RuntimeEnvBuilder::from_runtime_env(&self.runtime)
             .with_memory_pool(Arc::new(FairSpillPool::new(
                 self.config.limits.memory_bytes,
             )))
             .build_arc()?;
-        let mut config = SessionConfig::new()
-            .with_default_catalog_and_schema(CATALOG, PUBLIC)
-            .with_create_default_catalog_and_schema(false)
-            .with_information_schema(true)
-            .with_target_partitions(self.config.limits.target_partitions.max(1));
-        // A sort keeps this much back for merging its spilled runs; DataFusion's 10 MiB default
-        // would be most of a small limit.
-        let reserve = (self.config.limits.memory_bytes / 8).min(10 << 20);
-        config.options_mut().execution.sort_spill_reservation_bytes = reserve;
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        // A fresh catalog list: the template's must never hold a tenant's catalog.
+        let state = SessionStateBuilder::new_from_existing(self.template.clone())
+            .with_runtime_env(runtime)
+            .with_catalog_list(Arc::new(MemoryCatalogProviderList::new()))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         let view = Arc::clone(&current.view);
         ctx.register_catalog(
             CATALOG,
-            Arc::new(TenantCatalog::new(&self.views, tenant, current, &snapshots)),
+            Arc::new(TenantCatalog::new(
+                &self.views,
+                &self.store,
+                tenant,
+                current,
+                &snapshots,
+            )),
         );
         crate::functions::register(&ctx, &view, &self.store);
         Ok(ctx)
@@ -237,7 +297,8 @@ impl QueryEngine {
             }
             bind_parameters(&mut statement, values)?;
         }
-        let ctx = self.session(tenant, seq).await?;
+        let names_snapshot = sql.to_ascii_lowercase().contains(SNAPSHOT_PREFIX);
+        let ctx = self.session(tenant, seq, names_snapshot).await?;
         let plan = ctx.state().statement_to_plan(statement).await?;
         SQLOptions::new()
             .with_allow_ddl(false)
@@ -248,6 +309,36 @@ impl QueryEngine {
         Ok((ctx, plan))
     }
 
+    /// Plans `sql` without running it. With `params` (or when it has no placeholders) the
+    /// plan comes back ready to run, so that a Flight SQL GetFlightInfo's planning serves the
+    /// DoGet that follows.
+    pub async fn prepare(
+        self: &Arc<Self>,
+        tenant: &str,
+        seq: i64,
+        sql: &str,
+        params: Option<Vec<ScalarValue>>,
+    ) -> Result<(Described, Option<Planned>)> {
+        let this = Arc::clone(self);
+        let (tenant, sql) = (tenant.to_string(), sql.to_string());
+        self.on_executor(async move {
+            let (ctx, plan) = this.logical(&tenant, seq, &sql, params.as_deref()).await?;
+            let mut parameters: Vec<(String, Option<DataType>)> =
+                plan.get_parameter_types()?.into_iter().collect();
+            parameters.sort_by_key(|(name, _)| placeholder_index(name));
+            let described = Described {
+                schema: Arc::new(plan.schema().as_arrow().clone()),
+                parameters,
+            };
+            let planned = described
+                .parameters
+                .is_empty()
+                .then_some(Planned { ctx, plan });
+            Ok((described, planned))
+        })
+        .await
+    }
+
     /// Plans `sql` without running it.
     pub async fn describe(
         self: &Arc<Self>,
@@ -255,31 +346,7 @@ impl QueryEngine {
         seq: i64,
         sql: &str,
     ) -> Result<Described> {
-        let this = Arc::clone(self);
-        let (tenant, sql) = (tenant.to_string(), sql.to_string());
-        self.on_executor(async move {
-            let (_, plan) = this.logical(&tenant, seq, &sql, None).await?;
-            let mut parameters: Vec<(String, Option<DataType>)> =
-                plan.get_parameter_types()?.into_iter().collect();
-            parameters.sort_by_key(|(name, _)| placeholder_index(name));
-            Ok(Described {
-                schema: Arc::new(plan.schema().as_arrow().clone()),
-                parameters,
-            })
-        })
-        .await
-    }
-
-    async fn physical(
-        &self,
-        tenant: &str,
-        seq: i64,
-        sql: &str,
-        params: Vec<ScalarValue>,
-    ) -> Result<(Arc<dyn ExecutionPlan>, Arc<TaskContext>)> {
-        let (ctx, plan) = self.logical(tenant, seq, sql, Some(&params)).await?;
-        let physical = ctx.state().create_physical_plan(&plan).await?;
-        Ok((physical, ctx.task_ctx()))
+        Ok(self.prepare(tenant, seq, sql, None).await?.0)
     }
 
     async fn on_executor<T: Send + 'static>(
@@ -302,14 +369,48 @@ impl QueryEngine {
     ) -> Result<QueryStream> {
         let started = Instant::now();
         let limit = self.config.limits.timeout;
-        let this = Arc::clone(self);
-        let (t, s) = (tenant.to_string(), sql.to_string());
-        let planned = tokio::time::timeout(
-            limit,
-            self.on_executor(async move { this.physical(&t, seq, &s, params).await }),
+        let planned =
+            match tokio::time::timeout(limit, self.prepare(tenant, seq, sql, Some(params))).await {
+                Ok(Ok((_, Some(p)))) => p,
+                Ok(Ok((d, None))) => {
+                    self.metrics.finished(Outcome::Rejected);
+                    return Err(Error::invalid(
+                        "parameters",
+                        format!("{} placeholders have no values bound", d.parameters.len()),
+                    ));
+                }
+                Ok(Err(e)) => {
+                    self.metrics
+                        .finished(Outcome::of_status(tonic::Status::from(&e).code()));
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.metrics.finished(Outcome::Limited);
+                    return Err(timed_out(limit));
+                }
+            };
+        self.run_planned(planned, limit.saturating_sub(started.elapsed()))
+            .await
+    }
+
+    /// Runs a planned statement within what is left of its time limit.
+    pub async fn run_planned(
+        self: &Arc<Self>,
+        planned: Planned,
+        remaining: Duration,
+    ) -> Result<QueryStream> {
+        let started = Instant::now();
+        let limit = self.config.limits.timeout;
+        let Planned { ctx, plan } = planned;
+        let physical = tokio::time::timeout(
+            remaining,
+            self.on_executor(async move {
+                let physical = ctx.state().create_physical_plan(&plan).await?;
+                Ok((physical, ctx.task_ctx()))
+            }),
         )
         .await;
-        let (plan, task_ctx) = match planned {
+        let (plan, task_ctx) = match physical {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
                 self.metrics
@@ -324,7 +425,7 @@ impl QueryEngine {
         let schema = plan.schema();
         let (tx, rx) = mpsc::channel::<Result<RecordBatch>>(2);
         let metrics = self.metrics.clone();
-        let remaining = limit.saturating_sub(started.elapsed());
+        let remaining = remaining.saturating_sub(started.elapsed());
         self.metrics.active.inc();
         self.executor.spawn(async move {
             let outcome = forward(plan, task_ctx, &tx, remaining, limit).await;

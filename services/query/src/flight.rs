@@ -8,6 +8,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -38,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::context::{CATALOG, PUBLIC, SNAPSHOT_PREFIX};
-use crate::engine::QueryEngine;
+use crate::engine::{Planned, QueryEngine};
 use crate::error::Error;
 use crate::tables::TABLES;
 
@@ -149,10 +150,19 @@ fn schema_bytes(schema: &Schema) -> Result<Bytes, Status> {
     Ok(bytes)
 }
 
+/// Plans made by GetFlightInfo, kept for the DoGet that follows.
+const PLAN_CACHE_ENTRIES: usize = 64;
+const PLAN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Plans waiting for their DoGet: (tenant, ticket, made at, plan).
+type PlanCache = std::sync::Mutex<std::collections::VecDeque<(String, Bytes, Instant, Planned)>>;
+
 /// The Flight SQL service.
 pub struct FlightSql {
     engine: Arc<QueryEngine>,
     sql_info: SqlInfoData,
+    /// A cache only: a ticket that misses (another replica, expired) is planned again.
+    plans: PlanCache,
 }
 
 impl std::fmt::Debug for FlightSql {
@@ -180,7 +190,34 @@ impl FlightSql {
         let sql_info = b
             .build()
             .map_err(|e| Error::Startup(format!("flight sql info: {e}")))?;
-        Ok(Self { engine, sql_info })
+        Ok(Self {
+            engine,
+            sql_info,
+            plans: PlanCache::default(),
+        })
+    }
+
+    fn keep_plan(&self, tenant: &str, ticket: Bytes, planned: Planned) {
+        let mut plans = match self.plans.lock() {
+            Ok(p) => p,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        plans.retain(|(_, _, at, _)| at.elapsed() < PLAN_CACHE_TTL);
+        if plans.len() >= PLAN_CACHE_ENTRIES {
+            plans.pop_front();
+        }
+        plans.push_back((tenant.to_string(), ticket, Instant::now(), planned));
+    }
+
+    fn take_plan(&self, tenant: &str, ticket: &[u8]) -> Option<Planned> {
+        let mut plans = match self.plans.lock() {
+            Ok(p) => p,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let i = plans.iter().position(|(t, k, at, _)| {
+            t == tenant && k.as_ref() == ticket && at.elapsed() < PLAN_CACHE_TTL
+        })?;
+        plans.remove(i).map(|(_, _, _, p)| p)
     }
 
     pub fn into_server(self) -> FlightServiceServer<Self> {
@@ -218,11 +255,12 @@ impl FlightSql {
             .resolve(tenant, handle.snapshot.as_deref())
             .await
             .map_err(|e| logged(principal, e))?;
-        let described = self
-            .engine
-            .describe(tenant, seq, &handle.sql)
-            .await
-            .map_err(|e| logged(principal, e))?;
+        let params = handle
+            .params
+            .is_some()
+            .then(|| handle.parameters())
+            .transpose()?;
+        let sql = handle.sql.clone();
         let ticket = Handle {
             sql: handle.sql,
             seq: Some(seq),
@@ -232,11 +270,30 @@ impl FlightSql {
         let ticket = TicketStatementQuery {
             statement_handle: ticket.encode()?,
         };
+        // A prepared statement created a moment ago planned this already.
+        let schema = match self.take_plan(tenant, &ticket.statement_handle) {
+            Some(planned) => {
+                let schema = planned.schema();
+                self.keep_plan(tenant, ticket.statement_handle.clone(), planned);
+                schema
+            }
+            None => {
+                let (described, planned) = self
+                    .engine
+                    .prepare(tenant, seq, &sql, params)
+                    .await
+                    .map_err(|e| logged(principal, e))?;
+                if let Some(planned) = planned {
+                    self.keep_plan(tenant, ticket.statement_handle.clone(), planned);
+                }
+                described.schema
+            }
+        };
         let endpoint = FlightEndpoint::new().with_ticket(Ticket {
             ticket: ticket.as_any().encode_to_vec().into(),
         });
         FlightInfo::new()
-            .try_with_schema(&hydrated(&described.schema))
+            .try_with_schema(&hydrated(&schema))
             .map_err(|e| Status::internal(format!("schema: {e}")))
             .map(|info| {
                 info.with_endpoint(endpoint)
@@ -366,20 +423,29 @@ impl FlightSqlService for FlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<FlightStream>, Status> {
         let p = Self::analyst(&request)?;
-        let handle = Handle::decode(&ticket.statement_handle, "ticket")?;
-        let Some(seq) = handle.seq else {
-            return Err(Status::invalid_argument("ticket: no commit"));
+        let tenant = p.tenant.as_str();
+        let stream = match self.take_plan(tenant, &ticket.statement_handle) {
+            Some(planned) => self
+                .engine
+                .run_planned(planned, self.engine.limits().timeout)
+                .await
+                .map_err(|e| logged(&p, e))?,
+            None => {
+                let handle = Handle::decode(&ticket.statement_handle, "ticket")?;
+                let Some(seq) = handle.seq else {
+                    return Err(Status::invalid_argument("ticket: no commit"));
+                };
+                self.engine
+                    .check_seq(seq)
+                    .await
+                    .map_err(|e| logged(&p, e))?;
+                let params = handle.parameters()?;
+                self.engine
+                    .run(tenant, seq, &handle.sql, params)
+                    .await
+                    .map_err(|e| logged(&p, e))?
+            }
         };
-        self.engine
-            .check_seq(seq)
-            .await
-            .map_err(|e| logged(&p, e))?;
-        let params = handle.parameters()?;
-        let stream = self
-            .engine
-            .run(p.tenant.as_str(), seq, &handle.sql, params)
-            .await
-            .map_err(|e| logged(&p, e))?;
         let schema = Arc::new(hydrated(&stream.schema()));
         let limit = self.engine.limits().max_result_bytes;
         let metrics = self.engine.metrics().clone();
@@ -463,11 +529,21 @@ impl FlightSqlService for FlightSql {
             .resolve(tenant, snapshot.as_deref())
             .await
             .map_err(|e| logged(&p, e))?;
-        let described = self
+        let (described, planned) = self
             .engine
-            .describe(tenant, seq, &query.query)
+            .prepare(tenant, seq, &query.query, None)
             .await
             .map_err(|e| logged(&p, e))?;
+        if let Some(planned) = planned {
+            // ADBC prepares every statement, then asks for its FlightInfo: plan once.
+            let key = Handle {
+                sql: query.query.clone(),
+                seq: Some(seq),
+                params: None,
+                snapshot: None,
+            };
+            self.keep_plan(tenant, key.encode()?, planned);
+        }
         let params = Schema::new(
             described
                 .parameters
@@ -596,7 +672,7 @@ impl FlightSqlService for FlightSql {
             .map_err(|e| logged(&p, e))?;
         let ctx = self
             .engine
-            .session(tenant, seq)
+            .session(tenant, seq, true)
             .await
             .map_err(|e| logged(&p, e))?;
         let schemas = self.schema_names(tenant).await?;

@@ -40,6 +40,7 @@ pub fn table(
     name: &str,
     view: &Arc<QueryView>,
     participants: &[gbrain_catalog::Participant],
+    store: &Arc<dyn object_store::ObjectStore>,
 ) -> Result<Option<Arc<dyn TableProvider>>> {
     Ok(Some(match name {
         "recordings" => mem(recordings(view)?)?,
@@ -47,7 +48,7 @@ pub fn table(
         "segments" => mem(segments(view)?)?,
         "participants" => mem(participants_batch(participants)?)?,
         "samples" => Arc::new(SamplesTable::new(Arc::clone(view))),
-        "events" => Arc::new(EventsTable::new(Arc::clone(view))),
+        "events" => Arc::new(EventsTable::new(Arc::clone(view), Arc::clone(store))),
         _ => return Ok(None),
     }))
 }

@@ -94,6 +94,18 @@ impl ChannelInfo {
     }
 }
 
+/// Event files of a view read into memory when they total less than this.
+pub const EVENTS_IN_MEMORY_BYTES: u64 = 64 << 20;
+
+/// Every event of a view, in recording order: one batch in the `events` table's schema, and
+/// each recording's rows.
+#[derive(Debug)]
+pub struct EventsInMemory {
+    pub batch: arrow::array::RecordBatch,
+    /// Recording id to (first row, rows).
+    pub ranges: HashMap<String, (usize, usize)>,
+}
+
 /// A tenant's view with indexes.
 #[derive(Debug)]
 pub struct QueryView {
@@ -104,6 +116,8 @@ pub struct QueryView {
     pub channels: Vec<ChannelInfo>,
     /// Events files: (recording position, file).
     pub event_files: Vec<(usize, DataFileRow)>,
+    /// The events, read once per view when small enough (views never change).
+    pub events: tokio::sync::OnceCell<Option<Arc<EventsInMemory>>>,
 }
 
 impl QueryView {
@@ -177,6 +191,7 @@ impl QueryView {
             recording_index,
             channels,
             event_files,
+            events: tokio::sync::OnceCell::new(),
         }
     }
 

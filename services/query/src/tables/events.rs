@@ -1,23 +1,32 @@
 //! The `events` table: every event of every recording, from the events files the view lists.
+//! Events are small beside samples, so a view reads them into memory once and every later query
+//! of that view scans memory; past [`EVENTS_IN_MEMORY_BYTES`] the files are scanned instead.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use arrow::array::{RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::ScalarValue;
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
-use datafusion::error::Result;
+use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ObjectStore, ObjectStoreExt as _};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
 use super::filters::Selection;
 use super::samples::STORE_URL;
-use crate::view::QueryView;
+use crate::view::{EVENTS_IN_MEMORY_BYTES, EventsInMemory, QueryView};
 
 /// The stored columns, then `recording_id` from the file's recording.
 pub fn events_schema() -> SchemaRef {
@@ -30,16 +39,78 @@ pub fn events_schema() -> SchemaRef {
 #[derive(Debug)]
 pub struct EventsTable {
     view: Arc<QueryView>,
+    store: Arc<dyn ObjectStore>,
     schema: SchemaRef,
 }
 
 impl EventsTable {
-    pub fn new(view: Arc<QueryView>) -> Self {
+    pub fn new(view: Arc<QueryView>, store: Arc<dyn ObjectStore>) -> Self {
         Self {
             view,
+            store,
             schema: events_schema(),
         }
     }
+}
+
+/// Reads every events file of a view into one batch, when they are small enough.
+async fn load(
+    view: &QueryView,
+    store: &Arc<dyn ObjectStore>,
+) -> Result<Option<Arc<EventsInMemory>>> {
+    let total: u64 = view
+        .event_files
+        .iter()
+        .map(|(_, f)| f.size_bytes.max(0) as u64)
+        .sum();
+    if total > EVENTS_IN_MEMORY_BYTES {
+        return Ok(None);
+    }
+    let mut files: Vec<(usize, String)> = view
+        .event_files
+        .iter()
+        .map(|(r, f)| (*r, f.path.clone()))
+        .collect();
+    files.sort_by_key(|(r, _)| *r);
+    let fetched: Vec<(usize, bytes::Bytes, String)> = futures::stream::iter(files)
+        .map(|(r, path)| {
+            let store = Arc::clone(store);
+            async move {
+                let bytes = store
+                    .get(&path.as_str().into())
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?
+                    .bytes()
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                Ok::<_, DataFusionError>((r, bytes, path))
+            }
+        })
+        .buffered(16)
+        .try_collect()
+        .await?;
+    let schema = events_schema();
+    let mut batches = Vec::new();
+    let mut ranges: HashMap<String, (usize, usize)> = HashMap::new();
+    let mut at = 0usize;
+    for (r, bytes, _path) in fetched {
+        let id = view.recording(r).recording_id.clone();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+        for b in reader {
+            let b = b?;
+            let n = b.num_rows();
+            let mut columns = b.columns().to_vec();
+            columns.push(Arc::new(StringArray::from_iter_values(
+                std::iter::repeat_n(id.as_str(), n),
+            )));
+            batches.push(RecordBatch::try_new(Arc::clone(&schema), columns)?);
+            let e = ranges.entry(id.clone()).or_insert((at, 0));
+            e.1 += n;
+            at += n;
+        }
+    }
+    let batch = arrow::compute::concat_batches(&schema, &batches)?;
+    Ok(Some(Arc::new(EventsInMemory { batch, ranges })))
 }
 
 #[async_trait]
@@ -77,6 +148,34 @@ impl TableProvider for EventsTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let (sel, _) = Selection::from_filters(filters);
+        let cached = self
+            .view
+            .events
+            .get_or_try_init(|| load(&self.view, &self.store))
+            .await?;
+        if let Some(events) = cached {
+            // Each recording's rows are contiguous: slicing them out copies nothing.
+            let slices: Vec<RecordBatch> = match &sel.recordings {
+                None => vec![events.batch.clone()],
+                Some(ids) => ids
+                    .iter()
+                    .filter_map(|id| events.ranges.get(id))
+                    .map(|(start, len)| events.batch.slice(*start, *len))
+                    .collect(),
+            };
+            let slices = match limit {
+                Some(l) => vec![
+                    arrow::compute::concat_batches(&self.schema, &slices)?
+                        .slice(0, l.min(slices.iter().map(RecordBatch::num_rows).sum())),
+                ],
+                None => slices,
+            };
+            return Ok(MemorySourceConfig::try_new_exec(
+                &[slices],
+                Arc::clone(&self.schema),
+                projection.cloned(),
+            )?);
+        }
         let files: Vec<PartitionedFile> = self
             .view
             .event_files

@@ -57,6 +57,7 @@ pub fn samples_schema() -> SchemaRef {
         Field::new("t", DataType::Float64, false),
         Field::new("time", timestamp_type(), true),
         Field::new("value", DataType::Float64, false),
+        Field::new("sample_rate", DataType::Float64, false),
     ]))
 }
 
@@ -418,7 +419,7 @@ fn to_samples(
         .channels
         .get(pos)
         .ok_or_else(|| DataFusionError::Internal(format!("no channel at {pos}")))?;
-    let all = [0usize, 1, 2, 3, 4, 5, 6];
+    let all = [0usize, 1, 2, 3, 4, 5, 6, 7];
     let wanted = projection.unwrap_or(&all);
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(wanted.len());
     let mut t_cache: Option<Arc<Float64Array>> = None;
@@ -455,6 +456,7 @@ fn to_samples(
                     .iter()
                     .map(|d| f64::from(*d) * ch.gain + ch.offset),
             )),
+            7 => Arc::new(Float64Array::from_value(ch.rate, n)),
             other => {
                 return Err(DataFusionError::Internal(format!(
                     "no samples column {other}"
