@@ -20,7 +20,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("globalbrain_descriptor.bin"))
         .compile_with_config(config, &protos, std::slice::from_ref(&root))?;
-    for p in &protos {
+    // Inference nodes get their own descriptor set: reflection on a node lists only what it
+    // serves.
+    let kserve = [
+        root.join("inference/grpc_service.proto"),
+        root.join("globalbrain/models/v1/models.proto"),
+    ];
+    let mut config = prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    config.bytes([
+        ".inference.ModelInferRequest.raw_input_contents",
+        ".inference.ModelInferResponse.raw_output_contents",
+        ".globalbrain.models.v1.PushModelRequest",
+    ]);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("inference_descriptor.bin"))
+        .compile_with_config(config, &kserve, std::slice::from_ref(&root))?;
+    for p in protos.iter().chain(&kserve) {
         println!("cargo:rerun-if-changed={}", p.display());
     }
     Ok(())

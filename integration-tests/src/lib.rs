@@ -77,6 +77,10 @@ pub struct Options {
     /// An object store to use instead of the local directory.
     pub store: Option<Arc<dyn ObjectStore>>,
     pub clock: Arc<dyn Clock>,
+    /// Serve inference (needs ORT_DYLIB_PATH, which `cargo xtask test` sets).
+    pub inference: bool,
+    /// How often inference polls the model repository; None: at start and on request only.
+    pub model_poll: Option<Duration>,
 }
 
 impl Default for Options {
@@ -94,6 +98,8 @@ impl Default for Options {
             catalog: CatalogKind::Sqlite,
             store: None,
             clock: Arc::new(SystemClock),
+            inference: gbrain_inference::runtime::library_path(None).is_some(),
+            model_poll: None,
         }
     }
 }
@@ -105,6 +111,8 @@ pub struct Sandbox {
     pub dir: tempfile::TempDir,
     pub ingest: Arc<Ingest>,
     pub query: Query,
+    /// The inference node's models, when it serves inference.
+    pub models: Option<Arc<gbrain_inference::models::Models>>,
     pub store: Arc<dyn ObjectStore>,
     pub catalog: Catalog,
     shutdown: CancellationToken,
@@ -171,6 +179,18 @@ impl Sandbox {
             options.clock,
         )
         .expect("query");
+        let inference = options.inference.then(|| {
+            gbrain_inference::Inference::new(
+                gbrain_inference::InferenceConfig {
+                    ort_library: None,
+                    poll: options.model_poll,
+                },
+                Arc::clone(&store),
+                gbrain_inference::InferenceMetrics::register(&mut registry),
+            )
+            .expect("inference (is ORT_DYLIB_PATH set? `cargo xtask test` sets it)")
+        });
+        let models = inference.as_ref().map(|i| Arc::clone(&i.models));
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -184,6 +204,7 @@ impl Sandbox {
             Services {
                 ingest: Arc::clone(&ingest),
                 query: query.clone(),
+                inference,
             },
             auth,
             registry,
@@ -200,6 +221,7 @@ impl Sandbox {
             dir,
             ingest,
             query,
+            models,
             store,
             catalog,
             shutdown,

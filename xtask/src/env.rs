@@ -20,6 +20,8 @@ pub struct Tools {
     pub python: PathBuf,
     pub bin_dir: PathBuf,
     pub data: PathBuf,
+    /// `libonnxruntime.so.1.31.1` from the onnxruntime wheel in the virtual environment.
+    pub ort_library: PathBuf,
 }
 
 impl Tools {
@@ -28,7 +30,8 @@ impl Tools {
             .env("GBRAIN_GRPCURL", self.bin_dir.join("grpcurl"))
             .env("GBRAIN_WEED", self.bin_dir.join("weed"))
             .env("GBRAIN_BIN", crate::target_dir(root).join("debug/gbrain"))
-            .env("GBRAIN_TEST_DATA", &self.data);
+            .env("GBRAIN_TEST_DATA", &self.data)
+            .env("ORT_DYLIB_PATH", &self.ort_library);
         if std::env::var_os("GBRAIN_TEST_POSTGRES").is_none() {
             cmd.env(
                 "GBRAIN_TEST_POSTGRES",
@@ -106,11 +109,28 @@ pub fn prepare(root: &Path, purpose: Purpose) -> anyhow::Result<Tools> {
     let venv = venv(root, &reqs)?;
     let python = venv.join("bin/python");
     let data = test_data(root)?;
+    let ort_library = ort_library(&venv)?;
     Ok(Tools {
         python,
         bin_dir: venv.join("bin"),
         data,
+        ort_library,
     })
+}
+
+/// The ONNX Runtime shared library inside the onnxruntime wheel installed in `venv`.
+pub fn ort_library(venv: &Path) -> anyhow::Result<PathBuf> {
+    const NAME: &str = "libonnxruntime.so.1.31.1";
+    for lib in std::fs::read_dir(venv.join("lib"))? {
+        let capi = lib?.path().join("site-packages/onnxruntime/capi");
+        if capi.join(NAME).is_file() {
+            return Ok(capi.join(NAME));
+        }
+    }
+    bail!(
+        "{NAME} is not in {}: is onnxruntime==1.31.1 in integration-tests/python/requirements.txt?",
+        venv.display()
+    )
 }
 
 /// The shared test recordings: `../shared/data` next to the clone when it is there, else the

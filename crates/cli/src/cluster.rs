@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Services {
     pub ingest: Arc<Ingest>,
     pub query: Query,
+    /// None when no ONNX Runtime library was found.
+    pub inference: Option<gbrain_inference::Inference>,
 }
 
 /// Serves `services` until `shutdown`, then drains and closes the catalog.
@@ -29,19 +31,33 @@ pub async fn serve_cluster(
 ) -> anyhow::Result<()> {
     let grpc_metrics = GrpcMetrics::register(&mut registry);
     let gc = gbrain_ingest::spawn_gc(&services.ingest, shutdown.clone());
-    let routes = tonic::service::Routes::new(services.ingest.grpc_service())
+    let mut routes = tonic::service::Routes::new(services.ingest.grpc_service())
         .add_service(services.query.flight_service()?)
         .add_service(services.query.snapshot_service());
+    let mut service_names = vec![
+        gbrain_ingest::SERVICE_NAME,
+        gbrain_query::FLIGHT_SERVICE_NAME,
+        gbrain_query::snapshots::SERVICE_NAME,
+    ];
+    let mut descriptor_sets = vec![gbrain_proto::FILE_DESCRIPTOR_SET];
+    let health = tonic_health::server::HealthReporter::new();
+    let mut loader = None;
+    if let Some(inference) = &services.inference {
+        routes = routes
+            .add_service(inference.service(shutdown.clone()))
+            .add_service(inference.admin_service());
+        service_names.push(gbrain_inference::admin::SERVICE_NAME);
+        descriptor_sets.push(gbrain_proto::inference::FILE_DESCRIPTOR_SET);
+        // The inference service reports SERVING once its models are loaded; the cluster as a
+        // whole does not wait for it.
+        loader = Some(inference.start(health.clone(), false, shutdown.clone()));
+    }
     serve(ServeArgs {
         routes,
-        service_names: vec![
-            gbrain_ingest::SERVICE_NAME,
-            gbrain_query::FLIGHT_SERVICE_NAME,
-            gbrain_query::snapshots::SERVICE_NAME,
-        ],
-        descriptor_sets: vec![gbrain_proto::FILE_DESCRIPTOR_SET],
+        service_names,
+        descriptor_sets,
         extra_method_paths: gbrain_query::flight_method_paths(),
-        health: tonic_health::server::HealthReporter::new(),
+        health,
         auth,
         metrics: grpc_metrics,
         registry: Arc::new(registry),
@@ -52,6 +68,9 @@ pub async fn serve_cluster(
     })
     .await?;
     let _ = gc.await;
+    if let Some(loader) = loader {
+        let _ = loader.await;
+    }
     services.ingest.catalog().close().await;
     Ok(())
 }

@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use gbrain_common::clap_blocks::{
-    AuthArgs, ClientArgs, IngestArgs, IngestServeArgs, LogArgs, QueryArgs, QueryServeArgs,
-    ServerArgs,
+    AuthArgs, ClientArgs, InferenceArgs, InferenceServeArgs, IngestArgs, IngestServeArgs, LogArgs,
+    QueryArgs, QueryServeArgs, ServerArgs,
 };
 
-use gbrain_cli::{bids, snapshot, sql, upload};
+use gbrain_cli::{bids, models, snapshot, sql, upload};
 
 mod export;
 mod recordings;
@@ -43,6 +43,8 @@ enum Command {
         ingest: IngestArgs,
         #[command(flatten)]
         query: QueryArgs,
+        #[command(flatten)]
+        inference: InferenceArgs,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -117,6 +119,11 @@ enum Command {
         #[command(subcommand)]
         command: SnapshotCommand,
     },
+    /// Pushes, lists and removes the models inference nodes serve (operator role).
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
     /// Makes and hashes tokens for auth files.
     Token {
         #[command(subcommand)]
@@ -135,6 +142,44 @@ enum ServeRole {
     Query {
         #[command(flatten)]
         args: QueryServeArgs,
+    },
+    /// An inference node (KServe v2 gRPC, ONNX Runtime).
+    Inference {
+        #[command(flatten)]
+        args: InferenceServeArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// Stores an ONNX file as a model version; it is checked first, then loaded.
+    Push {
+        file: PathBuf,
+        /// The model's name (the KServe model_name); defaults to the file's stem.
+        #[arg(long)]
+        name: Option<String>,
+        /// The version; defaults to one more than the newest.
+        #[arg(long, default_value_t = 0)]
+        version: u64,
+        /// The model's config.json (batching, instances, threads, device, version policy).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Lists every stored version and its state.
+    Ls {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Removes a version, or the whole model.
+    Rm {
+        name: String,
+        /// The version; all of them when not given.
+        #[arg(long, default_value_t = 0)]
+        version: u64,
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -232,14 +277,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             auth,
             ingest,
             query,
+            inference,
             log,
-        } => serve::up(data_dir, server, auth, ingest, query, log).await,
+        } => serve::up(data_dir, server, auth, ingest, query, inference, log).await,
         Command::Serve {
             role: ServeRole::Ingest { args },
         } => serve::ingest(args).await,
         Command::Serve {
             role: ServeRole::Query { args },
         } => serve::query(args).await,
+        Command::Serve {
+            role: ServeRole::Inference { args },
+        } => serve::inference(args).await,
+        Command::Models { command } => match command {
+            ModelsCommand::Push {
+                file,
+                name,
+                version,
+                config,
+                client,
+            } => models::push(&file, name, version, config.as_deref(), client).await,
+            ModelsCommand::Ls { client } => models::ls(client).await,
+            ModelsCommand::Rm {
+                name,
+                version,
+                client,
+            } => models::rm(name, version, client).await,
+        },
         Command::Sql {
             query,
             snapshot,

@@ -9,7 +9,8 @@ use anyhow::Context;
 use gbrain_catalog::Catalog;
 use gbrain_common::auth::{Authenticator, generate_token};
 use gbrain_common::clap_blocks::{
-    AuthArgs, IngestArgs, IngestServeArgs, LogArgs, QueryArgs, QueryServeArgs, ServerArgs,
+    AuthArgs, InferenceArgs, InferenceServeArgs, IngestArgs, IngestServeArgs, LogArgs, QueryArgs,
+    QueryServeArgs, ServerArgs,
 };
 use gbrain_common::clock::{Clock, SystemClock};
 use gbrain_common::server::{bind, cancel_on_signal};
@@ -31,6 +32,7 @@ pub async fn up(
     auth: AuthArgs,
     ingest: IngestArgs,
     query: QueryArgs,
+    inference: InferenceArgs,
     log: LogArgs,
 ) -> anyhow::Result<ExitCode> {
     gbrain_common::telemetry::init(log.log_format, std::env::var("RUST_LOG").ok().as_deref());
@@ -78,21 +80,39 @@ pub async fn up(
     let query = Query::new(
         query_config,
         QueryDeps {
-            store,
+            store: Arc::clone(&store),
             catalog,
             metrics: QueryMetrics::register(&mut registry),
         },
         clock,
     )?;
+    let inference =
+        if gbrain_inference::runtime::library_path(inference.ort_library.as_deref()).is_some() {
+            Some(gbrain_inference::Inference::new(
+                gbrain_inference::InferenceConfig::from_args(&inference),
+                store,
+                gbrain_inference::InferenceMetrics::register(&mut registry),
+            )?)
+        } else {
+            println!(
+                "inference: off: no ONNX Runtime library (pass --ort-library or set ORT_DYLIB_PATH \
+             to libonnxruntime.so.1.31.1 from the onnxruntime==1.31.1 wheel)"
+            );
+            None
+        };
     let (grpc, http) = bind(&server).await?;
     println!(
-        "embedded cluster: gRPC on {}, metrics on http://{}/metrics (ingest, Flight SQL and \
-         snapshots share the gRPC port)",
+        "embedded cluster: gRPC on {}, metrics on http://{}/metrics (ingest, Flight SQL, \
+         snapshots and KServe v2 inference share the gRPC port)",
         grpc.local_addr()?,
         http.local_addr()?
     );
     serve_cluster(
-        Services { ingest, query },
+        Services {
+            ingest,
+            query,
+            inference,
+        },
         auth,
         registry,
         Listeners {
@@ -151,6 +171,30 @@ pub async fn query(args: QueryServeArgs) -> anyhow::Result<ExitCode> {
         http.local_addr()?
     );
     gbrain_query::run(config, grpc, Some(http), cancel_on_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An inference node as its own process.
+pub async fn inference(args: InferenceServeArgs) -> anyhow::Result<ExitCode> {
+    gbrain_common::telemetry::init(
+        args.log.log_format,
+        std::env::var("RUST_LOG").ok().as_deref(),
+    );
+    let auth_file = args
+        .auth
+        .auth_file
+        .clone()
+        .context("--auth-file (or GBRAIN_AUTH_FILE) is required for a service process")?;
+    let auth = Arc::new(Authenticator::from_file(&auth_file)?);
+    let aws = gbrain_storage::store::aws_options(std::env::vars());
+    let config = gbrain_inference::ServeConfig::from_args(&args, auth, aws);
+    let (grpc, http) = bind(&args.server).await?;
+    println!(
+        "inference: gRPC on {}, metrics on http://{}/metrics (KServe v2 and the model repository)",
+        grpc.local_addr()?,
+        http.local_addr()?
+    );
+    gbrain_inference::run(config, grpc, Some(http), cancel_on_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -156,3 +156,32 @@ pub struct IngestServeArgs {
     #[command(flatten)]
     pub log: LogArgs,
 }
+
+/// ONNX Runtime and the model repository of an inference node.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InferenceArgs {
+    /// The ONNX Runtime shared library (`libonnxruntime.so.1.31.1` from the onnxruntime==1.31.1
+    /// wheel, or from onnxruntime-gpu for CUDA). Defaults to ORT_DYLIB_PATH.
+    #[arg(long, env = "GBRAIN_ORT_LIBRARY")]
+    pub ort_library: Option<PathBuf>,
+
+    /// Seconds between scans of the model repository for new, changed and removed versions;
+    /// 0 loads models only at start-up and through RepositoryModelLoad.
+    #[arg(long, env = "GBRAIN_MODEL_POLL_SECONDS", default_value_t = 10)]
+    pub model_poll_seconds: u64,
+}
+
+/// Everything `gbrain serve inference` and `gbrain-inference` take.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InferenceServeArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub store: ObjectStoreArgs,
+    #[command(flatten)]
+    pub inference: InferenceArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}

@@ -5,6 +5,8 @@
 //! data/signals/tenant=T/recording=R/channel=00003/part-00000.parquet
 //! data/events/tenant=T/recording=R/<part id>.parquet
 //! staging/tenant=T/upload=U/<offset, 20 digits>.part
+//! models/tenant=T/<model>/config.json
+//! models/tenant=T/<model>/<version>/model.onnx
 //! ```
 
 use object_store::path::Path;
@@ -44,4 +46,26 @@ pub fn upload_part(tenant: &str, upload: &str, offset: u64) -> Path {
 /// The offset of a staged part from its file name.
 pub fn upload_part_offset(path: &Path) -> Option<u64> {
     path.filename()?.strip_suffix(".part")?.parse().ok()
+}
+
+/// The root of every tenant's model repository.
+pub const MODELS: &str = "models";
+
+/// A tenant's model repository: `<model>/<version>/model.onnx` and `<model>/config.json`.
+pub fn model_repository(tenant: &str) -> Path {
+    Path::from(format!("{MODELS}/tenant={tenant}"))
+}
+
+pub fn model_dir(tenant: &str, model: &str) -> Path {
+    Path::from(format!("{MODELS}/tenant={tenant}/{model}"))
+}
+
+pub fn model_config(tenant: &str, model: &str) -> Path {
+    Path::from(format!("{MODELS}/tenant={tenant}/{model}/config.json"))
+}
+
+pub fn model_file(tenant: &str, model: &str, version: u64) -> Path {
+    Path::from(format!(
+        "{MODELS}/tenant={tenant}/{model}/{version}/model.onnx"
+    ))
 }
