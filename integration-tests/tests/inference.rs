@@ -918,3 +918,47 @@ async fn tritonclient_from_pypi_matches_python_onnxruntime() {
     );
     sb.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_past_its_client_deadline_is_dropped_unrun() {
+    let sb = Sandbox::start().await;
+    // Requests wait up to 1.5 s for company: far past the client's deadline.
+    let config = r#"{"max_batch_size": 64, "dynamic_batching": {"max_queue_delay_us": 1500000}}"#;
+    push_bytes(
+        &sb,
+        ADMIN_TOKEN,
+        "slow",
+        &onnx::batched_sigmoid(4),
+        Some(config),
+    )
+    .await
+    .unwrap();
+    let mut c = kserve(&sb, ANALYST_TOKEN).await;
+    let mut req = tonic::Request::new(request(
+        "slow",
+        vec![fp32_input("x", &[1, 4], &[0.0, 1.0, 2.0, 3.0])],
+    ));
+    req.set_timeout(Duration::from_millis(100));
+    let e = c.model_infer(req).await.unwrap_err();
+    assert!(
+        matches!(e.code(), Code::Cancelled | Code::DeadlineExceeded),
+        "{e:?}"
+    );
+    // Once the batch would have run, nothing ran.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let stats = c
+        .model_statistics(pb::ModelStatisticsRequest {
+            name: "slow".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.model_stats[0].execution_count, 0, "{stats:?}");
+    let metrics = sb.metrics_text().await;
+    assert!(
+        metrics.contains("gbrain_inference_pending_requests{model=\"slow\"} 0"),
+        "{metrics}"
+    );
+    sb.stop().await;
+}
