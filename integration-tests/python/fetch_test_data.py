@@ -99,6 +99,21 @@ def main(wheels, out, edf_only):
             bids, "bids/tests/data/")
     extract_file(os.path.join(wheels, "pybids-0.15.6-*.whl"), "pybids-0.15.6.dist-info/LICENSE",
                  os.path.join(bids, "pybids.LICENSE"))
+    # ONNX models: the trained spindle detector, and onnxruntime's own toy models (from the
+    # onnxruntime wheel installed beside this script's Python).
+    models = os.path.join(out, "onnx")
+    os.makedirs(models, exist_ok=True)
+    bmz = os.path.join(wheels, "brainmaze_eeg_models-0.1.0-*.whl")
+    extract_file(bmz, "brainmaze_eeg_models/spindles/_models/spindle-detector-eeg.onnx",
+                 os.path.join(models, "spindle-detector-eeg.onnx"))
+    extract_file(bmz, "brainmaze_eeg_models-0.1.0.dist-info/licenses/LICENSE",
+                 os.path.join(models, "brainmaze-eeg-models.LICENSE"))
+    extract_file(bmz, "brainmaze_eeg_models-0.1.0.dist-info/licenses/NOTICE.md",
+                 os.path.join(models, "brainmaze-eeg-models.NOTICE.md"))
+    import onnxruntime
+    datasets = os.path.join(os.path.dirname(onnxruntime.__file__), "datasets")
+    for f in ["sigmoid.onnx", "logreg_iris.onnx"]:
+        shutil.copyfile(os.path.join(datasets, f), os.path.join(models, f))
     ref = {f: golden(os.path.join(eeg, f)) for f in EDF_FILES if f != "test_generator.edf"}
     ref["_note"] = "computed by fetch_test_data.py with pyedflib; sub-second starts read from the TALs"
     with open(os.path.join(eeg, "golden_pyedflib.json"), "w") as f:

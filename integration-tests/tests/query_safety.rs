@@ -179,7 +179,8 @@ fn limited(limits: QueryLimits) -> Options {
 async fn memory_time_and_result_limits_are_resource_exhausted() {
     let sb = Sandbox::start_with(limited(QueryLimits {
         memory_bytes: 16 << 20,
-        timeout: Duration::from_secs(15),
+        // Room for the spilling sort on one partition on a loaded machine.
+        timeout: Duration::from_secs(40),
         max_result_bytes: 256 << 10,
         // One partition: DataFusion 55's sorts running side by side under one fair pool race
         // for what a spilling sort frees just before its merge, so under a limit this tight

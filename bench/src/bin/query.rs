@@ -335,7 +335,9 @@ fn python() -> PathBuf {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    // Object store URLs need an absolute path.
+    args.dir = std::path::absolute(&args.dir)?;
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
