@@ -125,7 +125,7 @@ fn cuda(
     device: i32,
 ) -> Result<ort::session::builder::SessionBuilder> {
     use ort::ep::{self, ExecutionProvider};
-    let available = ep::CUDA::default().is_available().map_err(|e| {
+    let available = ep::CUDA::is_available().map_err(|e| {
         Error::FailedPrecondition(format!(
             "cuda:{device}: cannot ask ONNX Runtime for CUDA: {e}"
         ))
