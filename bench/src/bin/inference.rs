@@ -376,7 +376,6 @@ async fn main() -> anyhow::Result<()> {
 
     // The tiny models.
     let mut table = Vec::new();
-    let mut summary = serde_json::Map::new();
     let sig_inputs = inputs_of("sigmoid", 1);
     let ort_sigmoid = in_process(&sigmoid, &sig_inputs, 1, args.seconds)?;
     println!(
@@ -384,14 +383,12 @@ async fn main() -> anyhow::Result<()> {
         fmt_rate(ort_sigmoid),
         1e6 / ort_sigmoid
     );
-    let mut ort_tiny = Vec::new();
     for rows in [1i64, 32] {
         let r = in_process(&tiny, &inputs_of("tiny", rows), 1, args.seconds)?;
         println!(
             "in-process ORT, tiny [{rows},60], 1 thread: {} calls/s",
             fmt_rate(r)
         );
-        ort_tiny.push((rows, r));
     }
     println!();
     println!(
@@ -503,7 +500,6 @@ async fn main() -> anyhow::Result<()> {
             overhead,
             if overhead <= 100.0 { "met" } else { "NOT met" }
         );
-        summary.insert("sigmoid_overhead_us".into(), overhead.into());
     }
     if let Some((o, Some(p))) = find("sigmoid", 1, 64) {
         let x = o.rps / p.rps;
@@ -535,8 +531,6 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
-    let _ = ort_tiny;
-    let _ = summary;
     let _ = py.kill();
     shutdown.cancel();
     let _ = node.await;

@@ -187,10 +187,7 @@ impl InferenceService {
         let outputs = model.infer(inputs).await?;
         let chosen: Vec<Tensor> = wanted.iter().map(|&i| outputs[i].clone()).collect();
         // FP16 and BF16 have no typed contents.
-        let raw_out = raw_out
-            || chosen
-                .iter()
-                .any(|t| t.to_contents().is_none() && !t.data.is_empty());
+        let raw_out = raw_out || chosen.iter().any(|t| !t.dtype.has_typed_contents());
         let mut response = pb::ModelInferResponse {
             model_name: model.name.clone(),
             model_version: model.version.to_string(),

@@ -68,6 +68,11 @@ impl DType {
         Self::ALL.into_iter().find(|d| d.name() == name)
     }
 
+    /// Whether KServe's typed contents can carry it (FP16 and BF16 travel only raw).
+    pub fn has_typed_contents(self) -> bool {
+        !matches!(self, Self::F16 | Self::Bf16)
+    }
+
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
