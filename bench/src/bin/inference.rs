@@ -47,6 +47,9 @@ struct Args {
     data: PathBuf,
     #[arg(long, env = "GBRAIN_PYTHON", default_value = "python3")]
     python: PathBuf,
+    /// Only the models whose name contains one of these (sigmoid, tiny, tiny_batched, spindle).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 type Client = GrpcInferenceServiceClient<InterceptedService<Channel, Bearer>>;
@@ -159,14 +162,40 @@ async fn load(
     concurrency: usize,
     seconds: f64,
 ) -> anyhow::Result<Point> {
+    drive(endpoint, token, concurrency, seconds, move |mut c: Client| {
+        let req = req.clone();
+        async move { c.model_infer(req).await.map(drop) }
+    })
+    .await
+}
+
+/// The gRPC floor: ServerLive round trips through the same client, token and server stack.
+async fn floor(endpoint: &str, token: Option<&str>, seconds: f64) -> anyhow::Result<Point> {
+    drive(endpoint, token, 1, seconds, |mut c: Client| async move {
+        c.server_live(pb::ServerLiveRequest {}).await.map(drop)
+    })
+    .await
+}
+
+async fn drive<F, Fut>(
+    endpoint: &str,
+    token: Option<&str>,
+    concurrency: usize,
+    seconds: f64,
+    call: F,
+) -> anyhow::Result<Point>
+where
+    F: Fn(Client) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send,
+{
     let conns = clients(endpoint, token, concurrency.div_ceil(32).clamp(1, 8)).await?;
     let start = Instant::now();
     let warm = start + Duration::from_secs_f64(seconds / 4.0);
     let end = warm + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     for i in 0..concurrency {
-        let mut c = conns[i % conns.len()].clone();
-        let req = req.clone();
+        let c = conns[i % conns.len()].clone();
+        let call = call.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0;
@@ -175,12 +204,12 @@ async fn load(
                 if t0 >= end {
                     break;
                 }
-                let r = tokio::time::timeout_at(end.into(), c.model_infer(req.clone())).await;
+                let r = tokio::time::timeout_at(end.into(), call(c.clone())).await;
                 let t1 = Instant::now();
                 match r {
                     Err(_) => break,
-                    Ok(Ok(_)) if t1 >= warm => lat.push((t1 - t0).as_secs_f64() * 1e6),
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(())) if t1 >= warm => lat.push((t1 - t0).as_secs_f64() * 1e6),
+                    Ok(Ok(())) => {}
                     Ok(Err(_)) => errors += 1,
                 }
             }
@@ -374,6 +403,14 @@ async fn main() -> anyhow::Result<()> {
         "rps = requests/s; items/s = rows/s; latency p50 / p99 from the client; errors in brackets\n"
     );
 
+    let wanted = |m: &str| args.only.is_empty() || args.only.iter().any(|o| o == m);
+    let f = floor(&ours, Some(TOKEN), args.seconds).await?;
+    println!(
+        "gRPC floor: ServerLive through the same client and server stack, concurrency 1: p50 {} p99 {}",
+        fmt_us(f.p50_us),
+        fmt_us(f.p99_us)
+    );
+
     // The tiny models.
     let mut table = Vec::new();
     let sig_inputs = inputs_of("sigmoid", 1);
@@ -411,6 +448,9 @@ async fn main() -> anyhow::Result<()> {
         ("tiny", vec![1, 32]),
         ("tiny_batched", vec![1, 32]),
     ] {
+        if !wanted(model) {
+            continue;
+        }
         for &rows in &rows_list {
             for &conc in &args.concurrency {
                 let inputs = inputs_of(model, rows);
@@ -436,7 +476,8 @@ async fn main() -> anyhow::Result<()> {
 
     // The spindle detector.
     let mut ort_spindle: Vec<(i64, f64)> = Vec::new();
-    for rows in [1i64, 8] {
+    let heavy = wanted("spindle") || wanted("spindle_batched");
+    for rows in [1i64, 8].into_iter().filter(|_| heavy) {
         let r = in_process(
             &spindle,
             &inputs_of("spindle", rows),
@@ -451,19 +492,20 @@ async fn main() -> anyhow::Result<()> {
     }
     let ort_best = ort_spindle.iter().map(|(_, w)| *w).fold(0.0, f64::max);
     for (model, rows) in [("spindle", 1i64), ("spindle_batched", 1), ("spindle", 32)] {
+        if !wanted(model) {
+            continue;
+        }
         for &conc in &args.concurrency {
             if rows == 32 && conc > 1 {
                 continue;
             }
             let inputs = inputs_of(model, rows);
-            let o = load(
-                &ours,
-                Some(TOKEN),
-                request(model, &inputs),
-                conc,
-                args.heavy_seconds,
-            )
-            .await?;
+            // The warm-up (a quarter of the window) must outlast one round of every caller,
+            // or the point measures the start (all callers uploading at once), not the
+            // steady state.
+            let cycle = conc as f64 * rows as f64 / ort_best.max(1.0);
+            let seconds = args.heavy_seconds.max(4.0 * cycle);
+            let o = load(&ours, Some(TOKEN), request(model, &inputs), conc, seconds).await?;
             let p = if model == "spindle_batched" {
                 None
             } else {
@@ -473,7 +515,7 @@ async fn main() -> anyhow::Result<()> {
                         None,
                         request("spindle", &inputs),
                         conc,
-                        args.heavy_seconds,
+                        seconds,
                     )
                     .await?,
                 )

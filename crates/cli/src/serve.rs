@@ -13,7 +13,7 @@ use gbrain_common::clap_blocks::{
     QueryServeArgs, ServerArgs,
 };
 use gbrain_common::clock::{Clock, SystemClock};
-use gbrain_common::server::{bind, cancel_on_signal};
+use gbrain_common::server::{bind, cancel_on_signal, start_process};
 use gbrain_common::tenant::TenantId;
 use gbrain_ingest::{Ingest, IngestConfig, IngestDeps, IngestMetrics, Listeners, ServeConfig};
 use gbrain_query::{Query, QueryConfig, QueryDeps, QueryMetrics};
@@ -128,16 +128,7 @@ pub async fn up(
 
 /// The ingest service as its own process.
 pub async fn ingest(args: IngestServeArgs) -> anyhow::Result<ExitCode> {
-    gbrain_common::telemetry::init(
-        args.log.log_format,
-        std::env::var("RUST_LOG").ok().as_deref(),
-    );
-    let auth_file = args
-        .auth
-        .auth_file
-        .clone()
-        .context("--auth-file (or GBRAIN_AUTH_FILE) is required for a service process")?;
-    let auth = Arc::new(Authenticator::from_file(&auth_file)?);
+    let auth = start_process(&args.log, &args.auth)?;
     let aws = gbrain_storage::store::aws_options(std::env::vars());
     let config = ServeConfig::from_args(&args, auth, aws);
     let (grpc, http) = bind(&args.server).await?;
@@ -152,16 +143,7 @@ pub async fn ingest(args: IngestServeArgs) -> anyhow::Result<ExitCode> {
 
 /// The query service as its own process.
 pub async fn query(args: QueryServeArgs) -> anyhow::Result<ExitCode> {
-    gbrain_common::telemetry::init(
-        args.log.log_format,
-        std::env::var("RUST_LOG").ok().as_deref(),
-    );
-    let auth_file = args
-        .auth
-        .auth_file
-        .clone()
-        .context("--auth-file (or GBRAIN_AUTH_FILE) is required for a service process")?;
-    let auth = Arc::new(Authenticator::from_file(&auth_file)?);
+    let auth = start_process(&args.log, &args.auth)?;
     let aws = gbrain_storage::store::aws_options(std::env::vars());
     let config = gbrain_query::ServeConfig::from_args(&args, auth, aws);
     let (grpc, http) = bind(&args.server).await?;
@@ -176,16 +158,7 @@ pub async fn query(args: QueryServeArgs) -> anyhow::Result<ExitCode> {
 
 /// An inference node as its own process.
 pub async fn inference(args: InferenceServeArgs) -> anyhow::Result<ExitCode> {
-    gbrain_common::telemetry::init(
-        args.log.log_format,
-        std::env::var("RUST_LOG").ok().as_deref(),
-    );
-    let auth_file = args
-        .auth
-        .auth_file
-        .clone()
-        .context("--auth-file (or GBRAIN_AUTH_FILE) is required for a service process")?;
-    let auth = Arc::new(Authenticator::from_file(&auth_file)?);
+    let auth = start_process(&args.log, &args.auth)?;
     let aws = gbrain_storage::store::aws_options(std::env::vars());
     let config = gbrain_inference::ServeConfig::from_args(&args, auth, aws);
     let (grpc, http) = bind(&args.server).await?;

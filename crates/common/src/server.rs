@@ -192,6 +192,19 @@ pub async fn serve_http(
     Ok(())
 }
 
+/// What every service process does first: logging (level from RUST_LOG, format from the
+/// flags) and the tokens of its auth file, which a service process cannot run without.
+pub fn start_process(
+    log: &crate::clap_blocks::LogArgs,
+    auth: &crate::clap_blocks::AuthArgs,
+) -> Result<Arc<Authenticator>> {
+    crate::telemetry::init(log.log_format, std::env::var("RUST_LOG").ok().as_deref());
+    let path = auth.auth_file.as_deref().ok_or_else(|| {
+        Error::Config("--auth-file (or GBRAIN_AUTH_FILE) is required for a service process".into())
+    })?;
+    Ok(Arc::new(Authenticator::from_file(path)?))
+}
+
 /// Binds the gRPC and HTTP listeners of a server process.
 pub async fn bind(server: &crate::clap_blocks::ServerArgs) -> Result<(TcpListener, TcpListener)> {
     let grpc = TcpListener::bind(server.listen)

@@ -1,13 +1,9 @@
 //! `gbrain-inference`: an inference node as its own process. `gbrain serve inference` is the
 //! same.
 
-use std::sync::Arc;
-
-use anyhow::Context;
 use clap::Parser;
-use gbrain_common::auth::Authenticator;
 use gbrain_common::clap_blocks::InferenceServeArgs;
-use gbrain_common::server::{bind, cancel_on_signal};
+use gbrain_common::server::{bind, cancel_on_signal, start_process};
 use gbrain_inference::ServeConfig;
 
 #[derive(Debug, Parser)]
@@ -24,14 +20,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse().serve;
-    let rust_log = std::env::var("RUST_LOG").ok();
-    gbrain_common::telemetry::init(args.log.log_format, rust_log.as_deref());
-    let auth_file = args
-        .auth
-        .auth_file
-        .clone()
-        .context("--auth-file is required")?;
-    let auth = Arc::new(Authenticator::from_file(&auth_file)?);
+    let auth = start_process(&args.log, &args.auth)?;
     let aws = gbrain_storage::store::aws_options(std::env::vars());
     let config = ServeConfig::from_args(&args, auth, aws);
     let (grpc, http) = bind(&args.server).await?;

@@ -1,11 +1,21 @@
 //! One loaded model version: its sessions, its tensors' specs, its dynamic batcher and its
 //! statistics.
 //!
-//! Sessions run on blocking threads, never on the IO runtime. `Session::run` takes `&mut`, so
-//! a version holds `instance_count` sessions and a semaphore hands them out.
+//! `Session::run` takes `&mut`, so a version holds `instance_count` sessions and a semaphore
+//! hands them out. Sessions run on blocking threads, not on the IO runtime, with one exception:
+//! a model whose executions take under [`INLINE_COMPUTE`] (a sigmoid takes 2 µs) runs on the
+//! calling task when a session is free, because handing it to another thread would cost ten
+//! times the work.
+//!
+//! A dynamically batched version has its own scheduler thread, which gathers requests for up
+//! to the queue delay (with the precision of a thread timeout, not of the runtime's 1 ms timer
+//! wheel), concatenates them and runs them. It learns the compute time per row at each batch
+//! size (by powers of two) and forms batches no larger than the size with the lowest time per
+//! row, trying a neighbouring size now and then: a model that gains nothing from batching, as
+//! the spindle detector on a CPU, then runs request by request without waiting out the delay.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -13,7 +23,7 @@ use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::ValueType;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 
 use crate::config::{Device, ModelConfig};
 use crate::error::{Error, Result};
@@ -49,6 +59,9 @@ fn add(d: &mut (u64, u64), t: Duration) {
     d.1 += u64::try_from(t.as_nanos()).unwrap_or(u64::MAX);
 }
 
+/// Executions shorter than this run on the calling task when a session is free.
+pub const INLINE_COMPUTE: Duration = Duration::from_micros(50);
+
 /// What one execution took.
 #[derive(Clone, Copy, Debug, Default)]
 struct Timing {
@@ -67,6 +80,10 @@ pub struct ModelVersion {
     sessions: Mutex<Vec<Session>>,
     permits: Arc<Semaphore>,
     batcher: Option<Batcher>,
+    /// Exponential average of an execution's nanoseconds; 0 until the first.
+    compute_ns: AtomicU64,
+    /// Time per row by batch size, for the batcher.
+    curve: Mutex<BatchCurve>,
     stats: Mutex<Stats>,
     metrics: InferenceMetrics,
     labels: ModelLabels,
@@ -198,11 +215,20 @@ impl ModelVersion {
             model: name.to_string(),
         };
         let permits = Arc::new(Semaphore::new(config.instance_count));
-        Ok(Arc::new_cyclic(|me: &std::sync::Weak<ModelVersion>| {
-            let batcher = config
-                .dynamic_batching
-                .as_ref()
-                .map(|b| Batcher::start(me.clone(), b.max_queue_size, b.max_queue_delay()));
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::Internal("a model version must be loaded within the node's runtime".into())
+        })?;
+        let curve = Mutex::new(BatchCurve::new(config.max_batch_size));
+        let version_arc = Arc::new_cyclic(|me: &std::sync::Weak<ModelVersion>| {
+            let batcher = config.dynamic_batching.as_ref().map(|b| {
+                Batcher::start(
+                    me.clone(),
+                    format!("batch-{name}"),
+                    b.max_queue_size,
+                    b.max_queue_delay(),
+                    runtime.clone(),
+                )
+            });
             Self {
                 tenant: tenant.to_string(),
                 name: name.to_string(),
@@ -213,11 +239,17 @@ impl ModelVersion {
                 sessions: Mutex::new(sessions),
                 permits,
                 batcher,
+                compute_ns: AtomicU64::new(0),
+                curve,
                 stats: Mutex::new(Stats::default()),
                 metrics,
                 labels,
             }
-        }))
+        });
+        if let Some(b) = &version_arc.batcher {
+            b.spawn()?;
+        }
+        Ok(version_arc)
     }
 
     pub fn stats(&self) -> Stats {
@@ -304,12 +336,29 @@ impl ModelVersion {
                 } else {
                     1
                 };
-                let permit = Arc::clone(&self.permits)
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| Error::Unavailable("the model is unloading".into()))?;
-                let queued = started.elapsed();
-                let r = self.execute(inputs, permit).await;
+                let inline = if self.is_fast() {
+                    Arc::clone(&self.permits).try_acquire_owned().ok()
+                } else {
+                    None
+                };
+                let (r, queued) = match inline {
+                    Some(permit) => {
+                        let r = self.with_session(|m, s| m.run_on(s, &inputs));
+                        drop(permit);
+                        (r, Duration::ZERO)
+                    }
+                    None => {
+                        let permit = Arc::clone(&self.permits)
+                            .acquire_owned()
+                            .await
+                            .map_err(|_| Error::Unavailable("the model is unloading".into()))?;
+                        let queued = started.elapsed();
+                        let r = self
+                            .execute(permit, move |m, s| m.run_on(s, &inputs))
+                            .await;
+                        (r, queued)
+                    }
+                };
                 if let Ok((_, timing)) = &r {
                     self.record_execution(1, rows, queued, *timing);
                 }
@@ -331,7 +380,21 @@ impl ModelVersion {
         result
     }
 
+    /// Whether executions are short enough to run on the calling task.
+    fn is_fast(&self) -> bool {
+        let ns = self.compute_ns.load(Ordering::Relaxed);
+        ns > 0 && u128::from(ns) < INLINE_COMPUTE.as_nanos()
+    }
+
     fn record_execution(&self, requests: usize, rows: usize, queued: Duration, t: Timing) {
+        let took = u64::try_from((t.input + t.infer + t.output).as_nanos()).unwrap_or(u64::MAX);
+        let old = self.compute_ns.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            took.max(1)
+        } else {
+            (old / 8) * 7 + took / 8
+        };
+        self.compute_ns.store(new.max(1), Ordering::Relaxed);
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         stats.last_inference_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -353,30 +416,38 @@ impl ModelVersion {
         self.metrics.executed(&self.labels, rows, queued, t.infer);
     }
 
-    /// Runs one execution on a free session, on a blocking thread.
-    async fn execute(
+    /// Runs `work` on a free session, on a blocking thread.
+    async fn execute<R: Send + 'static>(
         self: &Arc<Self>,
-        inputs: Vec<Tensor>,
         permit: tokio::sync::OwnedSemaphorePermit,
-    ) -> Result<(Vec<Tensor>, Timing)> {
+        work: impl FnOnce(&ModelVersion, &mut Session) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
         let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let mut session = this
-                .sessions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop()
-                .ok_or_else(|| Error::Internal("no free session under a permit".into()))?;
-            let result = this.run_on(&mut session, &inputs);
-            this.sessions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(session);
-            result
+            this.with_session(work)
         })
         .await
         .map_err(|e| Error::Internal(format!("inference task: {e}")))?
+    }
+
+    /// Runs `work` on a free session, here. The caller holds a permit.
+    fn with_session<R>(
+        &self,
+        work: impl FnOnce(&ModelVersion, &mut Session) -> Result<R>,
+    ) -> Result<R> {
+        let mut session = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .ok_or_else(|| Error::Internal("no free session under a permit".into()))?;
+        let result = work(self, &mut session);
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(session);
+        result
     }
 
     fn run_on(&self, session: &mut Session, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Timing)> {
@@ -440,23 +511,110 @@ impl Pending {
     }
 }
 
-/// Holds requests for up to the queue delay and runs them as one batch.
+/// Time per row at each batch size, by powers of two: bucket `b` holds batches of
+/// `2^b ..= 2^(b+1) - 1` rows.
+#[derive(Debug)]
+struct BatchCurve {
+    per_row_ns: Vec<f64>,
+    runs: u64,
+}
+
+impl BatchCurve {
+    /// Every so many executions the batcher tries a neighbouring size again.
+    const RECHECK: u64 = 64;
+
+    fn new(max_batch_size: usize) -> Self {
+        Self {
+            per_row_ns: vec![0.0; Self::bucket(max_batch_size.max(1)) + 1],
+            runs: 0,
+        }
+    }
+
+    fn bucket(rows: usize) -> usize {
+        (usize::BITS - 1 - rows.max(1).leading_zeros()) as usize
+    }
+
+    fn learn(&mut self, rows: usize, took: Duration) {
+        let b = Self::bucket(rows).min(self.per_row_ns.len() - 1);
+        let x = took.as_nanos() as f64 / rows.max(1) as f64;
+        let old = self.per_row_ns[b];
+        self.per_row_ns[b] = if old == 0.0 { x } else { 0.8 * old + 0.2 * x };
+        self.runs += 1;
+    }
+
+    /// The most rows the next batch may hold.
+    fn cap(&self, max_batch_size: usize) -> usize {
+        let known = |b: &usize| self.per_row_ns[*b] > 0.0;
+        let Some(best) = (0..self.per_row_ns.len())
+            .filter(known)
+            .min_by(|a, b| self.per_row_ns[*a].total_cmp(&self.per_row_ns[*b]))
+        else {
+            return max_batch_size;
+        };
+        let top = self.per_row_ns.len() - 1;
+        let below = best.checked_sub(1);
+        let above = (best < top).then_some(best + 1);
+        let unknown = below
+            .filter(|b| !known(b))
+            .or(above.filter(|b| !known(b)));
+        let recheck = if self.runs.is_multiple_of(Self::RECHECK) {
+            if (self.runs / Self::RECHECK).is_multiple_of(2) {
+                below.or(above)
+            } else {
+                above.or(below)
+            }
+        } else {
+            None
+        };
+        let b = unknown.or(recheck).unwrap_or(best);
+        ((1usize << (b + 1)) - 1).min(max_batch_size)
+    }
+}
+
+/// Holds requests for up to the queue delay and runs them as one batch, on its own thread.
 struct Batcher {
-    tx: mpsc::UnboundedSender<Pending>,
+    tx: std::sync::mpsc::Sender<Pending>,
     depth: Arc<AtomicUsize>,
     max_queue_size: usize,
+    /// The scheduler, until it is spawned.
+    start: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    name: String,
 }
 
 impl Batcher {
-    fn start(model: std::sync::Weak<ModelVersion>, max_queue_size: usize, delay: Duration) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+    fn start(
+        model: std::sync::Weak<ModelVersion>,
+        name: String,
+        max_queue_size: usize,
+        delay: Duration,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
         let depth = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(batch_loop(model, rx, Arc::clone(&depth), delay));
+        let d = Arc::clone(&depth);
         Self {
             tx,
             depth,
             max_queue_size,
+            start: Mutex::new(Some(Box::new(move || {
+                batch_loop(model, rx, d, delay, runtime)
+            }))),
+            name,
         }
+    }
+
+    /// Starts the scheduler thread; it ends when the version is dropped.
+    fn spawn(&self) -> Result<()> {
+        let Some(run) = self.start.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return Ok(());
+        };
+        let mut name = self.name.clone();
+        name.truncate(15);
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(run)
+            .map(drop)
+            .map_err(|e| Error::Internal(format!("starting the batcher thread: {e}")))
     }
 
     async fn submit(&self, model: &Arc<ModelVersion>, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
@@ -504,37 +662,49 @@ impl Batcher {
     }
 }
 
-async fn batch_loop(
+/// The scheduler thread: waits for a request, then for a free session, gathers what else
+/// arrives within the delay (up to the learned cap), and runs the batch here, or on a
+/// blocking thread when other sessions can run beside it.
+fn batch_loop(
     model: std::sync::Weak<ModelVersion>,
-    mut rx: mpsc::UnboundedReceiver<Pending>,
+    rx: std::sync::mpsc::Receiver<Pending>,
     depth: Arc<AtomicUsize>,
     delay: Duration,
+    runtime: tokio::runtime::Handle,
 ) {
+    use std::sync::mpsc::TryRecvError;
     let mut carried: Option<Pending> = None;
     loop {
         let first = match carried.take() {
             Some(p) => p,
-            None => match rx.recv().await {
-                Some(p) => p,
-                None => return,
+            None => match rx.recv() {
+                Ok(p) => p,
+                Err(_) => return,
             },
         };
         let Some(m) = model.upgrade() else { return };
         // Wait for a free session first: while every session is busy, requests gather.
-        let Ok(permit) = Arc::clone(&m.permits).acquire_owned().await else {
+        let Ok(permit) = runtime.block_on(Arc::clone(&m.permits).acquire_owned()) else {
             return;
         };
-        let max_rows = m.config.max_batch_size;
+        let cap = m
+            .curve
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cap(m.config.max_batch_size);
         let mut rows = first.rows;
         let mut batch = vec![first];
-        let until = tokio::time::Instant::from_std(batch[0].enqueued + delay);
-        while rows < max_rows {
+        let until = batch[0].enqueued + delay;
+        while rows < cap {
             let next = match rx.try_recv() {
                 Ok(p) => Some(p),
-                Err(mpsc::error::TryRecvError::Disconnected) => None,
-                Err(mpsc::error::TryRecvError::Empty) => tokio::time::timeout_at(until, rx.recv())
-                    .await
-                    .unwrap_or_default(),
+                Err(TryRecvError::Disconnected) => None,
+                Err(TryRecvError::Empty) => {
+                    match until.checked_duration_since(Instant::now()) {
+                        Some(left) if !left.is_zero() => rx.recv_timeout(left).ok(),
+                        _ => None,
+                    }
+                }
             };
             let Some(p) = next else { break };
             if p.reply.is_closed() {
@@ -543,7 +713,7 @@ async fn batch_loop(
                 m.metrics.pending(&m.labels, -1);
                 continue;
             }
-            if rows + p.rows > max_rows || !p.fits_with(&batch[0]) {
+            if rows + p.rows > cap || !p.fits_with(&batch[0]) {
                 carried = Some(p);
                 break;
             }
@@ -556,61 +726,70 @@ async fn batch_loop(
         if batch.is_empty() {
             continue;
         }
-        let m2 = Arc::clone(&m);
-        tokio::spawn(async move { run_batch(m2, batch, permit).await });
+        if m.config.instance_count == 1 || m.is_fast() {
+            run_batch(&m, batch, permit);
+        } else {
+            runtime.spawn_blocking(move || run_batch(&m, batch, permit));
+        }
     }
 }
 
-async fn run_batch(
-    m: Arc<ModelVersion>,
-    batch: Vec<Pending>,
+/// Runs one batch under `permit` and answers each request with its rows of the outputs.
+fn run_batch(
+    m: &Arc<ModelVersion>,
+    mut batch: Vec<Pending>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let rows: Vec<usize> = batch.iter().map(|p| p.rows).collect();
+    let total: usize = rows.iter().sum();
     let queued = batch[0].enqueued.elapsed();
-    let inputs = if batch.len() == 1 {
-        Ok(batch[0].inputs.clone())
-    } else {
-        (0..m.inputs.len())
-            .map(|i| {
-                let parts: Vec<&Tensor> = batch.iter().map(|p| &p.inputs[i]).collect();
-                concat(&m.inputs[i].name, &parts)
-            })
-            .collect::<Result<Vec<_>>>()
-    };
-    let result = match inputs {
-        Ok(inputs) => m.execute(inputs, permit).await,
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok((outputs, timing)) => {
-            m.record_execution(batch.len(), rows.iter().sum(), queued, timing);
-            if batch.len() == 1 {
-                if let Some(p) = batch.into_iter().next() {
-                    let _ = p.reply.send(Ok(outputs));
-                }
-                return;
-            }
-            let split_outputs = outputs
+    let parts: Vec<Vec<Tensor>> = batch
+        .iter_mut()
+        .map(|p| std::mem::take(&mut p.inputs))
+        .collect();
+    let started = Instant::now();
+    let result = m.with_session(|m, session| {
+        let inputs = if parts.len() == 1 {
+            parts.into_iter().next().unwrap_or_default()
+        } else {
+            (0..m.inputs.len())
+                .map(|i| {
+                    let column: Vec<&Tensor> = parts.iter().map(|p| &p[i]).collect();
+                    concat(&m.inputs[i].name, &column)
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        let (outputs, timing) = m.run_on(session, &inputs)?;
+        let per_request: Vec<Vec<Tensor>> = if rows.len() == 1 {
+            vec![outputs]
+        } else {
+            let mut per_output = outputs
                 .iter()
                 .map(|t| split(t, &rows))
-                .collect::<Result<Vec<_>>>();
-            match split_outputs {
-                Ok(mut per_output) => {
-                    for (i, p) in batch.into_iter().enumerate() {
-                        let mine = per_output
-                            .iter_mut()
-                            .map(|parts| std::mem::replace(&mut parts[i], empty()))
-                            .collect();
-                        let _ = p.reply.send(Ok(mine));
-                    }
-                }
-                Err(e) => {
-                    let message = e.to_string();
-                    for p in batch {
-                        let _ = p.reply.send(Err(Error::Internal(message.clone())));
-                    }
-                }
+                .collect::<Result<Vec<_>>>()
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            (0..rows.len())
+                .map(|i| {
+                    per_output
+                        .iter_mut()
+                        .map(|parts| std::mem::replace(&mut parts[i], empty()))
+                        .collect()
+                })
+                .collect()
+        };
+        Ok((per_request, timing))
+    });
+    drop(permit);
+    let took = started.elapsed();
+    match result {
+        Ok((per_request, timing)) => {
+            m.curve
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .learn(total, took);
+            m.record_execution(batch.len(), total, queued, timing);
+            for (p, mine) in batch.into_iter().zip(per_request) {
+                let _ = p.reply.send(Ok(mine));
             }
         }
         Err(e) => {
@@ -628,5 +807,62 @@ fn empty() -> Tensor {
         dtype: DType::F32,
         shape: Vec::new(),
         data: bytes::Bytes::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the batcher's choice against a cost model: `per_row(rows)` nanoseconds a row,
+    /// with `queued` requests of one row always waiting. Returns the caps it chose.
+    fn drive(max: usize, queued: usize, per_row: impl Fn(usize) -> f64, runs: usize) -> Vec<usize> {
+        let mut curve = BatchCurve::new(max);
+        let mut caps = Vec::new();
+        for _ in 0..runs {
+            let cap = curve.cap(max);
+            let rows = cap.min(queued);
+            curve.learn(rows, Duration::from_nanos((per_row(rows) * rows as f64) as u64));
+            caps.push(cap);
+        }
+        caps
+    }
+
+    #[test]
+    fn a_model_that_gains_nothing_from_batching_runs_request_by_request() {
+        // The spindle detector on a CPU: a batch of 8 is slower per window than one alone.
+        let caps = drive(32, 64, |rows| 52e6 * (1.0 + 0.03 * rows as f64), 200);
+        assert_eq!(caps[0], 32, "nothing known: the first batch may be full");
+        let settled = &caps[20..];
+        let alone = settled.iter().filter(|&&c| c == 1).count();
+        assert!(
+            alone * 100 >= settled.len() * 95,
+            "after learning, at least 95% of batches run alone: {settled:?}"
+        );
+        assert!(settled.iter().all(|&c| c <= 3), "{settled:?}");
+    }
+
+    #[test]
+    fn a_model_that_gains_from_batching_gets_full_batches() {
+        // A tiny model: 2 µs a call whatever the batch.
+        let caps = drive(1024, 64, |rows| 2000.0 / rows as f64, 200);
+        let settled = &caps[20..];
+        let big = settled.iter().filter(|&&c| c >= 64).count();
+        assert!(
+            big * 100 >= settled.len() * 95,
+            "after learning, batches take every queued request: {settled:?}"
+        );
+    }
+
+    #[test]
+    fn a_cap_never_exceeds_the_maximum() {
+        let curve = BatchCurve::new(5);
+        assert_eq!(curve.cap(5), 5);
+        let mut curve = BatchCurve::new(5);
+        curve.learn(4, Duration::from_micros(4));
+        for _ in 0..200 {
+            assert!(curve.cap(5) <= 5);
+            curve.learn(curve.cap(5).min(5), Duration::from_micros(1));
+        }
     }
 }

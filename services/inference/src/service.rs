@@ -129,37 +129,6 @@ impl InferenceService {
             .models
             .get(p.tenant.as_str(), &req.model_name, &req.model_version)?;
         let raw_in = !req.raw_input_contents.is_empty();
-        if raw_in && req.raw_input_contents.len() != req.inputs.len() {
-            return Err(Error::invalid(
-                "raw_input_contents",
-                format!(
-                    "{} entries for {} inputs: give one per input, in order",
-                    req.raw_input_contents.len(),
-                    req.inputs.len()
-                ),
-            ));
-        }
-        let mut given = Vec::with_capacity(req.inputs.len());
-        for (i, input) in req.inputs.iter().enumerate() {
-            let t = if raw_in {
-                if input.contents.is_some() {
-                    return Err(Error::invalid(
-                        format!("inputs[{}].contents", input.name),
-                        "set together with raw_input_contents: use one or the other",
-                    ));
-                }
-                Tensor::from_raw(
-                    &input.name,
-                    &input.datatype,
-                    &input.shape,
-                    req.raw_input_contents[i].clone(),
-                )?
-            } else {
-                let contents = input.contents.clone().unwrap_or_default();
-                Tensor::from_contents(&input.name, &input.datatype, &input.shape, &contents)?
-            };
-            given.push(t);
-        }
         // Which outputs, and whether they go back raw.
         let mut wanted: Vec<usize> = Vec::new();
         let mut raw_out = bool_param(&req.parameters, "binary_data_output").unwrap_or(raw_in);
@@ -183,36 +152,124 @@ impl InferenceService {
         if wanted.is_empty() {
             wanted = (0..model.outputs.len()).collect();
         }
+        let typed_in: usize = req
+            .inputs
+            .iter()
+            .filter(|i| i.contents.is_some())
+            .map(|i| elements(&i.shape))
+            .fold(0, usize::saturating_add);
+        let (inputs, raw) = (req.inputs, req.raw_input_contents);
+        let given = offload(typed_in, move || tensors(inputs, raw)).await?;
         let inputs = model.check(given)?;
         let outputs = model.infer(inputs).await?;
         let chosen: Vec<Tensor> = wanted.iter().map(|&i| outputs[i].clone()).collect();
         // FP16 and BF16 have no typed contents.
         let raw_out = raw_out || chosen.iter().any(|t| !t.dtype.has_typed_contents());
-        let mut response = pb::ModelInferResponse {
+        let typed_out = if raw_out {
+            0
+        } else {
+            chosen
+                .iter()
+                .map(|t| elements(&t.shape))
+                .fold(0, usize::saturating_add)
+        };
+        let response = pb::ModelInferResponse {
             model_name: model.name.clone(),
             model_version: model.version.to_string(),
             id: req.id,
             ..Default::default()
         };
-        for t in chosen {
-            let contents = if raw_out {
-                response.raw_output_contents.push(t.data.clone());
-                None
-            } else {
-                t.to_contents()
-            };
-            response
-                .outputs
-                .push(pb::model_infer_response::InferOutputTensor {
-                    name: t.name,
-                    datatype: t.dtype.name().to_string(),
-                    shape: t.shape,
-                    parameters: HashMap::new(),
-                    contents,
-                });
-        }
-        Ok(response)
+        offload(typed_out, move || Ok(respond(response, chosen, raw_out))).await
     }
+}
+
+/// Converting typed contents touches every element: above this many elements it runs on a
+/// blocking thread rather than on the IO runtime.
+const INLINE_ELEMENTS: usize = 1 << 16;
+
+fn elements(shape: &[i64]) -> usize {
+    shape
+        .iter()
+        .map(|&d| usize::try_from(d).unwrap_or(0))
+        .fold(1, usize::saturating_mul)
+}
+
+/// Runs `work` here when it touches few elements, else on a blocking thread.
+async fn offload<T: Send + 'static>(
+    elements: usize,
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    if elements < INLINE_ELEMENTS {
+        return work();
+    }
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Internal(format!("conversion task: {e}")))?
+}
+
+/// The request's tensors, from raw bytes or typed contents.
+fn tensors(
+    inputs: Vec<pb::model_infer_request::InferInputTensor>,
+    raw: Vec<bytes::Bytes>,
+) -> Result<Vec<Tensor>, Error> {
+    let raw_in = !raw.is_empty();
+    if raw_in && raw.len() != inputs.len() {
+        return Err(Error::invalid(
+            "raw_input_contents",
+            format!(
+                "{} entries for {} inputs: give one per input, in order",
+                raw.len(),
+                inputs.len()
+            ),
+        ));
+    }
+    let mut raw = raw.into_iter();
+    let mut given = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let t = match raw.next() {
+            Some(bytes) => {
+                if input.contents.is_some() {
+                    return Err(Error::invalid(
+                        format!("inputs[{}].contents", input.name),
+                        "set together with raw_input_contents: use one or the other",
+                    ));
+                }
+                Tensor::from_raw(&input.name, &input.datatype, &input.shape, bytes)?
+            }
+            None => {
+                let contents = input.contents.unwrap_or_default();
+                Tensor::from_contents(&input.name, &input.datatype, &input.shape, &contents)?
+            }
+        };
+        given.push(t);
+    }
+    Ok(given)
+}
+
+/// Fills the response with the chosen outputs, raw or typed.
+fn respond(
+    mut response: pb::ModelInferResponse,
+    chosen: Vec<Tensor>,
+    raw_out: bool,
+) -> pb::ModelInferResponse {
+    for t in chosen {
+        let contents = if raw_out {
+            response.raw_output_contents.push(t.data.clone());
+            None
+        } else {
+            t.to_contents()
+        };
+        response
+            .outputs
+            .push(pb::model_infer_response::InferOutputTensor {
+                name: t.name,
+                datatype: t.dtype.name().to_string(),
+                shape: t.shape,
+                parameters: HashMap::new(),
+                contents,
+            });
+    }
+    response
 }
 
 #[tonic::async_trait]
