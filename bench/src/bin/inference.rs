@@ -162,10 +162,16 @@ async fn load(
     concurrency: usize,
     seconds: f64,
 ) -> anyhow::Result<Point> {
-    drive(endpoint, token, concurrency, seconds, move |mut c: Client| {
-        let req = req.clone();
-        async move { c.model_infer(req).await.map(drop) }
-    })
+    drive(
+        endpoint,
+        token,
+        concurrency,
+        seconds,
+        move |mut c: Client| {
+            let req = req.clone();
+            async move { c.model_infer(req).await.map(drop) }
+        },
+    )
     .await
 }
 
@@ -509,16 +515,7 @@ async fn main() -> anyhow::Result<()> {
             let p = if model == "spindle_batched" {
                 None
             } else {
-                Some(
-                    load(
-                        &python,
-                        None,
-                        request("spindle", &inputs),
-                        conc,
-                        seconds,
-                    )
-                    .await?,
-                )
+                Some(load(&python, None, request("spindle", &inputs), conc, seconds).await?)
             };
             print_row(model, rows, conc, &o, p.as_ref(), rows as f64);
             table.push((model, rows, conc, o, p));

@@ -353,9 +353,7 @@ impl ModelVersion {
                             .await
                             .map_err(|_| Error::Unavailable("the model is unloading".into()))?;
                         let queued = started.elapsed();
-                        let r = self
-                            .execute(permit, move |m, s| m.run_on(s, &inputs))
-                            .await;
+                        let r = self.execute(permit, move |m, s| m.run_on(s, &inputs)).await;
                         (r, queued)
                     }
                 };
@@ -554,9 +552,7 @@ impl BatchCurve {
         let top = self.per_row_ns.len() - 1;
         let below = best.checked_sub(1);
         let above = (best < top).then_some(best + 1);
-        let unknown = below
-            .filter(|b| !known(b))
-            .or(above.filter(|b| !known(b)));
+        let unknown = below.filter(|b| !known(b)).or(above.filter(|b| !known(b)));
         let recheck = if self.runs.is_multiple_of(Self::RECHECK) {
             if (self.runs / Self::RECHECK).is_multiple_of(2) {
                 below.or(above)
@@ -699,12 +695,10 @@ fn batch_loop(
             let next = match rx.try_recv() {
                 Ok(p) => Some(p),
                 Err(TryRecvError::Disconnected) => None,
-                Err(TryRecvError::Empty) => {
-                    match until.checked_duration_since(Instant::now()) {
-                        Some(left) if !left.is_zero() => rx.recv_timeout(left).ok(),
-                        _ => None,
-                    }
-                }
+                Err(TryRecvError::Empty) => match until.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => rx.recv_timeout(left).ok(),
+                    _ => None,
+                },
             };
             let Some(p) = next else { break };
             if p.reply.is_closed() {
@@ -822,7 +816,10 @@ mod tests {
         for _ in 0..runs {
             let cap = curve.cap(max);
             let rows = cap.min(queued);
-            curve.learn(rows, Duration::from_nanos((per_row(rows) * rows as f64) as u64));
+            curve.learn(
+                rows,
+                Duration::from_nanos((per_row(rows) * rows as f64) as u64),
+            );
             caps.push(cap);
         }
         caps
