@@ -2,7 +2,8 @@
 //! our node over KServe v2 gRPC, and the server a user would otherwise write (Python grpcio +
 //! onnxruntime, `bench/python/kserve_server.py`). A Rust load generator drives both servers the
 //! same way: N concurrent callers, each sending its next request when the last one returns,
-//! raw FP32 inputs. Prints the figures and the targets; asserts nothing.
+//! raw FP32 inputs, on a runtime of its own (the node runs on the main one). Prints the figures
+//! and the targets; asserts nothing.
 //!
 //! Models: `sigmoid.onnx` ([3,4,5], no batch dimension); `tiny`, a sigmoid over [batch, 60]
 //! written by `gbrain_inference::onnx` (the same 60 elements with a batch dimension), served with
@@ -183,6 +184,8 @@ async fn floor(endpoint: &str, token: Option<&str>, seconds: f64) -> anyhow::Res
     .await
 }
 
+/// Runs the callers on a runtime of their own, on their own threads (one at concurrency 1,
+/// two above), as a separate client process would: the node's runtime does not run them.
 async fn drive<F, Fut>(
     endpoint: &str,
     token: Option<&str>,
@@ -192,7 +195,42 @@ async fn drive<F, Fut>(
 ) -> anyhow::Result<Point>
 where
     F: Fn(Client) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send + 'static,
+{
+    let endpoint = endpoint.to_string();
+    let token = token.map(str::to_string);
+    let thread = std::thread::spawn(move || -> anyhow::Result<Point> {
+        let mut builder = if concurrency == 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(2);
+            b
+        };
+        let rt = builder.enable_all().build()?;
+        rt.block_on(drive_here(
+            &endpoint,
+            token.as_deref(),
+            concurrency,
+            seconds,
+            call,
+        ))
+    });
+    tokio::task::spawn_blocking(move || thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the load generator panicked"))?
+}
+
+async fn drive_here<F, Fut>(
+    endpoint: &str,
+    token: Option<&str>,
+    concurrency: usize,
+    seconds: f64,
+    call: F,
+) -> anyhow::Result<Point>
+where
+    F: Fn(Client) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send + 'static,
 {
     let conns = clients(endpoint, token, concurrency.div_ceil(32).clamp(1, 8)).await?;
     let start = Instant::now();

@@ -336,26 +336,19 @@ impl ModelVersion {
                 } else {
                     1
                 };
-                let inline = if self.is_fast() {
-                    Arc::clone(&self.permits).try_acquire_owned().ok()
+                let permit = Arc::clone(&self.permits)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Error::Unavailable("the model is unloading".into()))?;
+                let queued = started.elapsed();
+                // A fast model runs here: a permit is held for microseconds, so waiting for
+                // one on the runtime is cheaper than any hand-off to a thread.
+                let r = if self.is_fast() {
+                    let r = self.with_session(|m, s| m.run_on(s, &inputs));
+                    drop(permit);
+                    r
                 } else {
-                    None
-                };
-                let (r, queued) = match inline {
-                    Some(permit) => {
-                        let r = self.with_session(|m, s| m.run_on(s, &inputs));
-                        drop(permit);
-                        (r, Duration::ZERO)
-                    }
-                    None => {
-                        let permit = Arc::clone(&self.permits)
-                            .acquire_owned()
-                            .await
-                            .map_err(|_| Error::Unavailable("the model is unloading".into()))?;
-                        let queued = started.elapsed();
-                        let r = self.execute(permit, move |m, s| m.run_on(s, &inputs)).await;
-                        (r, queued)
-                    }
+                    self.execute(permit, move |m, s| m.run_on(s, &inputs)).await
                 };
                 if let Ok((_, timing)) = &r {
                     self.record_execution(1, rows, queued, *timing);
@@ -540,14 +533,16 @@ impl BatchCurve {
         self.runs += 1;
     }
 
-    /// The most rows the next batch may hold.
-    fn cap(&self, max_batch_size: usize) -> usize {
+    /// The most rows the next batch may hold, and whether it may wait out the queue delay for
+    /// them: a larger size being tried takes only what is already queued, so that trying it
+    /// never delays a caller.
+    fn cap(&self, max_batch_size: usize) -> (usize, bool) {
         let known = |b: &usize| self.per_row_ns[*b] > 0.0;
         let Some(best) = (0..self.per_row_ns.len())
             .filter(known)
             .min_by(|a, b| self.per_row_ns[*a].total_cmp(&self.per_row_ns[*b]))
         else {
-            return max_batch_size;
+            return (max_batch_size, true);
         };
         let top = self.per_row_ns.len() - 1;
         let below = best.checked_sub(1);
@@ -563,7 +558,7 @@ impl BatchCurve {
             None
         };
         let b = unknown.or(recheck).unwrap_or(best);
-        ((1usize << (b + 1)) - 1).min(max_batch_size)
+        (((1usize << (b + 1)) - 1).min(max_batch_size), b <= best)
     }
 }
 
@@ -683,14 +678,18 @@ fn batch_loop(
         let Ok(permit) = runtime.block_on(Arc::clone(&m.permits).acquire_owned()) else {
             return;
         };
-        let cap = m
+        let (cap, may_wait) = m
             .curve
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .cap(m.config.max_batch_size);
+        let until = if may_wait {
+            first.enqueued + delay
+        } else {
+            first.enqueued
+        };
         let mut rows = first.rows;
         let mut batch = vec![first];
-        let until = batch[0].enqueued + delay;
         while rows < cap {
             let next = match rx.try_recv() {
                 Ok(p) => Some(p),
@@ -814,7 +813,7 @@ mod tests {
         let mut curve = BatchCurve::new(max);
         let mut caps = Vec::new();
         for _ in 0..runs {
-            let cap = curve.cap(max);
+            let (cap, _) = curve.cap(max);
             let rows = cap.min(queued);
             curve.learn(
                 rows,
@@ -854,12 +853,26 @@ mod tests {
     #[test]
     fn a_cap_never_exceeds_the_maximum() {
         let curve = BatchCurve::new(5);
-        assert_eq!(curve.cap(5), 5);
+        assert_eq!(curve.cap(5), (5, true));
         let mut curve = BatchCurve::new(5);
         curve.learn(4, Duration::from_micros(4));
         for _ in 0..200 {
-            assert!(curve.cap(5) <= 5);
-            curve.learn(curve.cap(5).min(5), Duration::from_micros(1));
+            let (cap, _) = curve.cap(5);
+            assert!(cap <= 5);
+            curve.learn(cap, Duration::from_micros(1));
+        }
+    }
+
+    #[test]
+    fn trying_a_larger_batch_never_waits_for_it() {
+        // One caller at a time: batches of one are all the batcher sees. Trying two must not
+        // make that caller wait out the queue delay.
+        let mut curve = BatchCurve::new(32);
+        curve.learn(1, Duration::from_millis(50));
+        for _ in 0..100 {
+            let (cap, may_wait) = curve.cap(32);
+            assert!(cap == 1 || !may_wait, "cap {cap} waits");
+            curve.learn(1, Duration::from_millis(50));
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod participants;
 pub mod pipeline;
 pub mod upload;
+pub mod wal;
 
 use std::sync::Arc;
 use std::time::Duration;
