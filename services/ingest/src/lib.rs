@@ -20,6 +20,8 @@ pub mod events;
 pub mod export;
 pub mod gc;
 mod grpc;
+/// Live streams over the write-ahead log (sessions; the gRPC stream and flushing come next).
+pub mod live;
 pub mod metrics;
 pub mod participants;
 pub mod pipeline;
