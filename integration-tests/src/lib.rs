@@ -131,8 +131,12 @@ impl Sandbox {
         Self::start_with(Options::default()).await
     }
 
-    pub async fn start_with(options: Options) -> Self {
+    pub async fn start_with(mut options: Options) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        options
+            .config
+            .wal_dir
+            .get_or_insert_with(|| dir.path().join("wal"));
         let store = match options.store {
             Some(s) => s,
             None => gbrain_storage::store::open(

@@ -63,8 +63,12 @@ pub async fn up(
     let auth = Arc::new(authenticator);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut registry = Registry::default();
+    let mut ingest_config = IngestConfig::from_args(&ingest);
+    ingest_config
+        .wal_dir
+        .get_or_insert_with(|| data_dir.join("wal"));
     let ingest = Ingest::new(
-        IngestConfig::from_args(&ingest),
+        ingest_config,
         IngestDeps {
             store: Arc::clone(&store),
             catalog: catalog.clone(),

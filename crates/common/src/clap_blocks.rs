@@ -61,6 +61,11 @@ pub struct IngestArgs {
     /// Seconds between garbage-collection passes over interrupted uploads and writes.
     #[arg(long, env = "GBRAIN_GC_INTERVAL_SECONDS", default_value_t = 600)]
     pub gc_interval_seconds: u64,
+
+    /// Directory of the live streams' write-ahead log, on a local disk or a persistent volume
+    /// (`gbrain up` uses DIR/wal). Without it the node takes no live streams.
+    #[arg(long, env = "GBRAIN_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
 }
 
 /// Limits of the query service.

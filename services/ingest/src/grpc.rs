@@ -12,7 +12,9 @@ use gbrain_proto::ingest::v1::{
     AppendEventsRequest, AppendEventsResponse, Channel, ExportFormat, ExportRecordingRequest,
     ExportRecordingResponse, GetRecordingRequest, GetUploadRequest, GetUploadResponse,
     ListRecordingsRequest, ListRecordingsResponse, PutParticipantsRequest, PutParticipantsResponse,
-    Recording, RecordingCounts, Segment, UploadRequest, UploadResponse, export_recording_response,
+    Recording, RecordingCounts, Segment, StreamAck, StreamClosed, StreamOpened, StreamRequest,
+    StreamResponse, UploadRequest, UploadResponse, export_recording_response, stream_chunk,
+    stream_request, stream_response,
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -209,6 +211,36 @@ impl IngestService for GrpcIngest {
     }
 
     type ExportRecordingStream = ExportStream;
+    type StreamStream = LiveStream;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<StreamRequest>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let p = principal(&request, &[Role::Submitter], "stream")?;
+        let ingest = Arc::clone(&self.ingest);
+        if ingest.live.is_none() {
+            return Err(Error::precondition(
+                "stream",
+                "this node takes no live streams: start it with --wal-dir",
+            )
+            .into());
+        }
+        let mut inbound = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let tenant = p.tenant.as_str().to_string();
+            if let Err(e) = live_stream(&ingest, &tenant, &mut inbound, &tx).await {
+                if matches!(e, Error::Internal(_)) {
+                    tracing::warn!(tenant, error = %e, "live stream failed");
+                }
+                let _ = tx.send(Err(Status::from(e))).await;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
 
     async fn export_recording(
         &self,
@@ -242,3 +274,89 @@ impl IngestService for GrpcIngest {
 }
 
 use futures::StreamExt as _;
+
+/// The responses of a live stream.
+pub type LiveStream = Pin<Box<dyn Stream<Item = Result<StreamResponse, Status>> + Send>>;
+
+/// One connection of a live stream: `open`, then chunks acknowledged in order, then `close`.
+async fn live_stream(
+    ingest: &Ingest,
+    tenant: &str,
+    inbound: &mut Streaming<StreamRequest>,
+    tx: &tokio::sync::mpsc::Sender<Result<StreamResponse, Status>>,
+) -> Result<(), Error> {
+    let live = ingest
+        .live
+        .as_ref()
+        .ok_or_else(|| Error::precondition("stream", "this node takes no live streams"))?;
+    let send = |kind: stream_response::Kind| async move {
+        tx.send(Ok(StreamResponse { kind: Some(kind) }))
+            .await
+            .map_err(|_| Error::Cancelled("the client went away".into()))
+    };
+    let open = match inbound.message().await.map_err(Error::Stream)? {
+        Some(StreamRequest {
+            kind: Some(stream_request::Kind::Open(open)),
+        }) => open,
+        Some(_) => return Err(Error::invalid("open", "the first message must be open")),
+        None => return Ok(()),
+    };
+    let layout = open.layout.map(|l| crate::live::Layout {
+        sample_rate: l.sample_rate,
+        channels: l
+            .channels
+            .into_iter()
+            .map(|c| crate::live::ChannelSpec {
+                label: c.label,
+                kind: c.r#type,
+                unit: c.unit,
+                resolution: c.resolution,
+            })
+            .collect(),
+    });
+    let (session, position) = live.open_stream(tenant, &open.stream_id, layout).await?;
+    tracing::info!(
+        tenant, stream_id = %open.stream_id, last_seq = position.last_seq,
+        "live stream opened"
+    );
+    send(stream_response::Kind::Opened(StreamOpened {
+        recording_id: session.stream.recording_id.clone(),
+        last_seq: position.last_seq,
+        samples: position.samples,
+    }))
+    .await?;
+    while let Some(message) = inbound.message().await.map_err(Error::Stream)? {
+        match message.kind {
+            Some(stream_request::Kind::Chunk(chunk)) => {
+                let samples = match chunk.data {
+                    Some(stream_chunk::Data::Packed(p)) => crate::live::Samples::Physical(
+                        p.values.into_iter().map(f64::from).collect(),
+                    ),
+                    Some(stream_chunk::Data::ArrowIpc(bytes)) => {
+                        crate::live::Samples::from_arrow_ipc(&bytes, &session.stream.layout)?
+                    }
+                    None => return Err(Error::invalid("chunk.data", "is empty")),
+                };
+                let ack = live.append(&session, chunk.seq, samples).await?;
+                send(stream_response::Kind::Ack(StreamAck {
+                    seq: ack.seq,
+                    samples: ack.samples,
+                }))
+                .await?;
+            }
+            Some(stream_request::Kind::Close(_)) => {
+                let position = live.close(&session).await?;
+                return send(stream_response::Kind::Closed(StreamClosed {
+                    recording_id: session.stream.recording_id.clone(),
+                    samples: position.samples,
+                }))
+                .await;
+            }
+            Some(stream_request::Kind::Open(_)) => {
+                return Err(Error::invalid("open", "sent twice on one connection"));
+            }
+            None => return Err(Error::invalid("kind", "is empty")),
+        }
+    }
+    Ok(())
+}

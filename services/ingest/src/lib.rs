@@ -66,6 +66,8 @@ pub struct IngestConfig {
     /// Conversions running at once; each holds up to `convert.flush_bytes` of encoded data.
     pub max_concurrent_conversions: usize,
     pub convert: convert::ConvertOptions,
+    /// Where live streams keep their write-ahead log; without one the node takes no streams.
+    pub wal_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for IngestConfig {
@@ -80,6 +82,7 @@ impl Default for IngestConfig {
                 .unwrap_or(2),
             max_concurrent_conversions: 2,
             convert: convert::ConvertOptions::default(),
+            wal_dir: None,
         }
     }
 }
@@ -91,6 +94,7 @@ impl IngestConfig {
             max_upload_bytes: args.max_upload_bytes,
             upload_ttl: Duration::from_secs(args.upload_ttl_hours * 3600),
             gc_interval: Duration::from_secs(args.gc_interval_seconds),
+            wal_dir: args.wal_dir.clone(),
             ..Self::default()
         }
     }
@@ -118,6 +122,7 @@ pub struct Ingest {
     pub(crate) config: IngestConfig,
     pub(crate) conversions: Semaphore,
     pub(crate) sessions: upload::Sessions,
+    pub(crate) live: Option<live::Live>,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -135,7 +140,15 @@ impl Ingest {
             .thread_name(|i| format!("gbrain-ingest-cpu-{i}"))
             .build()
             .map_err(|e| Error::Internal(format!("cpu pool: {e}")))?;
+        // Replays the streams' log: every acknowledged chunk is held again before the node
+        // serves anything.
+        let live = config
+            .wal_dir
+            .as_ref()
+            .map(|dir| live::Live::open(wal::WalConfig::new(dir)))
+            .transpose()?;
         Ok(Arc::new(Self {
+            live,
             staging: Staging::new(Arc::clone(&deps.store)),
             store: deps.store,
             catalog: deps.catalog,
@@ -154,6 +167,11 @@ impl Ingest {
         IngestServiceServer::new(GrpcIngest::new(Arc::clone(self)))
             .max_decoding_message_size(gbrain_common::server::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(gbrain_common::server::MAX_MESSAGE_BYTES)
+    }
+
+    /// The live streams, when the node has a write-ahead log.
+    pub fn live(&self) -> Option<&live::Live> {
+        self.live.as_ref()
     }
 
     /// The catalog, for read paths that other services share.

@@ -110,12 +110,118 @@ impl Layout {
 #[derive(Clone, Debug)]
 pub enum Samples {
     /// Physical values, stored at each channel's resolution.
-    Physical(Vec<f32>),
+    Physical(Vec<f64>),
     /// Stored steps as they are.
     Digital(Vec<i32>),
 }
 
 impl Samples {
+    /// The values of an Arrow IPC stream of one record batch: a column per channel, in
+    /// layout order and named as the channels; floats are physical values, integers steps.
+    pub fn from_arrow_ipc(bytes: &[u8], layout: &Layout) -> Result<Self> {
+        use arrow::array::{Array, AsArray};
+        use arrow::datatypes::{DataType, Float32Type, Float64Type, Int16Type, Int32Type};
+        let field = "chunk.arrow_ipc";
+        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+            .map_err(|e| Error::invalid(field, format!("not an Arrow IPC stream: {e}")))?;
+        let mut batches = Vec::new();
+        for b in reader {
+            batches.push(
+                b.map_err(|e| Error::invalid(field, format!("a batch does not decode: {e}")))?,
+            );
+        }
+        let [batch] = batches.as_slice() else {
+            return Err(Error::invalid(
+                field,
+                format!("{} record batches; send one per chunk", batches.len()),
+            ));
+        };
+        let width = layout.channels.len();
+        if batch.num_columns() != width {
+            return Err(Error::invalid(
+                field,
+                format!("{} columns for {width} channels", batch.num_columns()),
+            ));
+        }
+        let rows = batch.num_rows();
+        let schema = batch.schema();
+        let floats = schema
+            .fields()
+            .iter()
+            .any(|f| matches!(f.data_type(), DataType::Float32 | DataType::Float64));
+        let mut physical = vec![0f64; if floats { rows * width } else { 0 }];
+        let mut digital = vec![0i32; if floats { 0 } else { rows * width }];
+        for (c, (f, spec)) in schema.fields().iter().zip(&layout.channels).enumerate() {
+            if f.name() != &spec.label {
+                return Err(Error::invalid(
+                    format!("{field}.columns[{c}]"),
+                    format!(
+                        "is named '{}' where channel '{}' is due",
+                        f.name(),
+                        spec.label
+                    ),
+                ));
+            }
+            let col = batch.column(c);
+            if col.null_count() > 0 {
+                return Err(Error::invalid(
+                    format!("{field}.columns[{c}]"),
+                    "holds nulls; every sample needs a value",
+                ));
+            }
+            let mixed = || {
+                Error::invalid(
+                    format!("{field}.columns[{c}]"),
+                    "integer steps and float values are mixed; use one kind for every column",
+                )
+            };
+            match (f.data_type(), floats) {
+                (DataType::Float32, true) => {
+                    for (r, v) in col
+                        .as_primitive::<Float32Type>()
+                        .values()
+                        .iter()
+                        .enumerate()
+                    {
+                        physical[r * width + c] = f64::from(*v);
+                    }
+                }
+                (DataType::Float64, true) => {
+                    for (r, v) in col
+                        .as_primitive::<Float64Type>()
+                        .values()
+                        .iter()
+                        .enumerate()
+                    {
+                        physical[r * width + c] = *v;
+                    }
+                }
+                (DataType::Int16, false) => {
+                    for (r, v) in col.as_primitive::<Int16Type>().values().iter().enumerate() {
+                        digital[r * width + c] = i32::from(*v);
+                    }
+                }
+                (DataType::Int32, false) => {
+                    for (r, v) in col.as_primitive::<Int32Type>().values().iter().enumerate() {
+                        digital[r * width + c] = *v;
+                    }
+                }
+                (DataType::Int16 | DataType::Int32, true) => return Err(mixed()),
+                (other, _) => {
+                    return Err(Error::invalid(
+                        format!("{field}.columns[{c}]"),
+                        format!("is {other}; use float32, float64, int16 or int32"),
+                    ));
+                }
+            }
+        }
+        Ok(if floats {
+            Samples::Physical(physical)
+        } else {
+            Samples::Digital(digital)
+        })
+    }
+
     /// The stored steps, sample-major, and the samples per channel.
     fn digital(self, layout: &Layout) -> Result<(usize, Vec<i32>)> {
         let width = layout.channels.len();
@@ -145,7 +251,7 @@ impl Samples {
                 let mut out = Vec::with_capacity(v.len());
                 for (i, x) in v.iter().enumerate() {
                     let c = &layout.channels[i % width];
-                    let step = (f64::from(*x) / c.resolution).round();
+                    let step = (*x / c.resolution).round();
                     if !(step.is_finite()
                         && step >= f64::from(i32::MIN)
                         && step <= f64::from(i32::MAX))
@@ -621,7 +727,7 @@ mod tests {
     fn chunk(seq: u64, samples: usize) -> Samples {
         Samples::Physical(
             (0..samples * 3)
-                .map(|i| (seq * 1000 + i as u64) as f32 * 0.5)
+                .map(|i| (seq * 1000 + i as u64) as f64 * 0.5)
                 .collect(),
         )
     }
@@ -694,7 +800,7 @@ mod tests {
             "{e}"
         );
         let e = live
-            .append(&s, 1, Samples::Physical(vec![f32::NAN, 0.0, 0.0]))
+            .append(&s, 1, Samples::Physical(vec![f64::NAN, 0.0, 0.0]))
             .await
             .unwrap_err();
         assert!(e.to_string().contains("channel 'C3'"), "{e}");

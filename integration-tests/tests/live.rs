@@ -1,0 +1,290 @@
+//! Live streams over gRPC against the in-process sandbox: acknowledgements, resuming after a
+//! dropped connection, duplicates and gaps, Arrow IPC chunks, bad input and tenants.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float32Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use gbrain_cli::client::Ingest as IngestClient;
+use gbrain_integration_tests::{OTHER_TENANT_TOKEN, SUBMITTER_TOKEN, Sandbox};
+use gbrain_proto::ingest::v1::{
+    PackedSamples, StreamChannel, StreamChunk, StreamClose, StreamLayout, StreamOpen,
+    StreamRequest, StreamResponse, stream_chunk, stream_request, stream_response,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Status, Streaming};
+
+const LABELS: [&str; 4] = ["C3", "Cz", "C4", "EMG"];
+const SAMPLES: usize = 25;
+
+fn layout() -> StreamLayout {
+    StreamLayout {
+        sample_rate: 250.0,
+        channels: LABELS
+            .iter()
+            .map(|l| StreamChannel {
+                label: (*l).into(),
+                r#type: if *l == "EMG" { "EMG" } else { "EEG" }.into(),
+                unit: "uV".into(),
+                resolution: 0.0,
+            })
+            .collect(),
+    }
+}
+
+/// Chunk `seq`'s values, sample-major: distinct for every chunk, sample and channel.
+fn values(seq: u64) -> Vec<f32> {
+    (0..SAMPLES * LABELS.len())
+        .map(|i| (seq as f32) * 100.0 + (i as f32) * 0.25 - 40.0)
+        .collect()
+}
+
+fn open(stream_id: &str, layout: Option<StreamLayout>) -> StreamRequest {
+    StreamRequest {
+        kind: Some(stream_request::Kind::Open(StreamOpen {
+            stream_id: stream_id.into(),
+            layout,
+            metadata: None,
+        })),
+    }
+}
+
+fn packed(seq: u64) -> StreamRequest {
+    StreamRequest {
+        kind: Some(stream_request::Kind::Chunk(StreamChunk {
+            seq,
+            data: Some(stream_chunk::Data::Packed(PackedSamples {
+                values: values(seq),
+            })),
+            source_time_ns: None,
+        })),
+    }
+}
+
+fn arrow_chunk(seq: u64, names: [&str; 4]) -> StreamRequest {
+    let v = values(seq);
+    let columns: Vec<ArrayRef> = (0..LABELS.len())
+        .map(|c| {
+            Arc::new(Float32Array::from(
+                (0..SAMPLES)
+                    .map(|s| v[s * LABELS.len() + c])
+                    .collect::<Vec<f32>>(),
+            )) as ArrayRef
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(
+        names
+            .iter()
+            .map(|n| Field::new(*n, DataType::Float32, false))
+            .collect::<Vec<_>>(),
+    ));
+    let batch = RecordBatch::try_new(Arc::clone(&schema), columns).unwrap();
+    let mut bytes = Vec::new();
+    {
+        let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &schema).unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+    }
+    StreamRequest {
+        kind: Some(stream_request::Kind::Chunk(StreamChunk {
+            seq,
+            data: Some(stream_chunk::Data::ArrowIpc(bytes)),
+            source_time_ns: None,
+        })),
+    }
+}
+
+/// One connection: what to send, and the responses as they come.
+struct Conn {
+    tx: mpsc::Sender<StreamRequest>,
+    rx: Streaming<StreamResponse>,
+}
+
+impl Conn {
+    async fn new(client: &mut IngestClient, first: StreamRequest) -> Self {
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(first).await.unwrap();
+        let rx = client
+            .stream(ReceiverStream::new(rx))
+            .await
+            .expect("stream starts")
+            .into_inner();
+        Self { tx, rx }
+    }
+
+    async fn send(&self, r: StreamRequest) {
+        self.tx.send(r).await.unwrap();
+    }
+
+    async fn next(&mut self) -> Result<stream_response::Kind, Status> {
+        match self.rx.message().await? {
+            Some(StreamResponse { kind: Some(k) }) => Ok(k),
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }
+}
+
+fn ack(k: stream_response::Kind) -> (u64, u64) {
+    match k {
+        stream_response::Kind::Ack(a) => (a.seq, a.samples),
+        other => panic!("expected an ack, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn chunks_are_acknowledged_resumed_and_held_exactly_once() {
+    let sandbox = Sandbox::start().await;
+    let mut client = sandbox.client_with(Some(SUBMITTER_TOKEN)).await;
+
+    let mut c = Conn::new(&mut client, open("stream-1", Some(layout()))).await;
+    let stream_response::Kind::Opened(opened) = c.next().await.unwrap() else {
+        panic!("expected opened");
+    };
+    assert_eq!((opened.last_seq, opened.samples), (0, 0));
+    for seq in 1..=3 {
+        c.send(packed(seq)).await;
+        assert_eq!(ack(c.next().await.unwrap()), (seq, seq * SAMPLES as u64));
+    }
+    // The connection drops.
+    drop(c);
+
+    // A reconnect resumes after the last acknowledged chunk, in the same recording.
+    let mut c = Conn::new(&mut client, open("stream-1", None)).await;
+    let stream_response::Kind::Opened(resumed) = c.next().await.unwrap() else {
+        panic!("expected opened");
+    };
+    assert_eq!(resumed.recording_id, opened.recording_id);
+    assert_eq!((resumed.last_seq, resumed.samples), (3, 75));
+    // The client resends its last chunk, unsure whether it arrived: acknowledged, not stored.
+    c.send(packed(3)).await;
+    assert_eq!(ack(c.next().await.unwrap()), (3, 75));
+    // A gap is refused, naming what is missing.
+    c.send(packed(5)).await;
+    let e = c.next().await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("chunks 4 to 4 are missing"), "{e:?}");
+
+    // Chunk 4 as Arrow IPC, then close.
+    let mut c = Conn::new(&mut client, open("stream-1", Some(layout()))).await;
+    assert!(matches!(
+        c.next().await.unwrap(),
+        stream_response::Kind::Opened(_)
+    ));
+    c.send(arrow_chunk(4, LABELS)).await;
+    assert_eq!(ack(c.next().await.unwrap()), (4, 100));
+    c.send(StreamRequest {
+        kind: Some(stream_request::Kind::Close(StreamClose {})),
+    })
+    .await;
+    let stream_response::Kind::Closed(closed) = c.next().await.unwrap() else {
+        panic!("expected closed");
+    };
+    assert_eq!(closed.samples, 100);
+
+    // What the node holds, sample by sample: every chunk once, at 1 nV steps.
+    let live = sandbox
+        .ingest
+        .live()
+        .expect("the sandbox has a write-ahead log");
+    let (from, held) = live.held("demo", "stream-1").await.unwrap();
+    assert_eq!(from, 0);
+    for (ch, samples) in held.iter().enumerate() {
+        assert_eq!(samples.len(), 100);
+        for (i, step) in samples.iter().enumerate() {
+            let (seq, s) = (i / SAMPLES + 1, i % SAMPLES);
+            let want = f64::from(values(seq as u64)[s * LABELS.len() + ch]);
+            assert_eq!(
+                f64::from(*step),
+                (want / 1e-3).round(),
+                "channel {ch} sample {i}"
+            );
+        }
+    }
+    // A closed stream takes nothing more.
+    let mut c = Conn::new(&mut client, open("stream-1", None)).await;
+    let e = c.next().await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    sandbox.stop().await;
+}
+
+#[tokio::test]
+async fn bad_streams_get_clear_errors_and_tenants_stay_apart() {
+    let sandbox = Sandbox::start().await;
+    let mut client = sandbox.client_with(Some(SUBMITTER_TOKEN)).await;
+
+    // The first message must open the stream.
+    let mut c = Conn::new(&mut client, packed(1)).await;
+    let e = c.next().await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("open"), "{e:?}");
+
+    // A layout with a repeated label.
+    let mut bad = layout();
+    bad.channels[1].label = "C3".into();
+    let mut c = Conn::new(&mut client, open("s", Some(bad))).await;
+    let e = c.next().await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("layout.channels[1].label"), "{e:?}");
+
+    // Values that are not a whole number of samples.
+    let mut c = Conn::new(&mut client, open("s", Some(layout()))).await;
+    c.next().await.unwrap();
+    c.send(StreamRequest {
+        kind: Some(stream_request::Kind::Chunk(StreamChunk {
+            seq: 1,
+            data: Some(stream_chunk::Data::Packed(PackedSamples {
+                values: vec![1.0; 7],
+            })),
+            source_time_ns: None,
+        })),
+    })
+    .await;
+    let e = c.next().await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("chunk.values"), "{e:?}");
+
+    // Arrow columns named other than the channels.
+    let mut c = Conn::new(&mut client, open("s", None)).await;
+    c.next().await.unwrap();
+    c.send(arrow_chunk(1, ["C3", "Cz", "EMG", "C4"])).await;
+    let e = c.next().await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("columns[2]"), "{e:?}");
+
+    // Nothing refused was stored: chunk 1 is still the next one.
+    let mut c = Conn::new(&mut client, open("s", None)).await;
+    let stream_response::Kind::Opened(o) = c.next().await.unwrap() else {
+        panic!("expected opened");
+    };
+    assert_eq!((o.last_seq, o.samples), (0, 0));
+    c.send(packed(1)).await;
+    assert_eq!(ack(c.next().await.unwrap()), (1, 25));
+    drop(c);
+
+    // Another tenant's stream of the same id is its own.
+    let mut other = sandbox.client_with(Some(OTHER_TENANT_TOKEN)).await;
+    let mut c = Conn::new(&mut other, open("s", None)).await;
+    let e = c.next().await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::InvalidArgument,
+        "no layout: new to this tenant"
+    );
+    let mut c = Conn::new(&mut other, open("s", Some(layout()))).await;
+    let stream_response::Kind::Opened(o) = c.next().await.unwrap() else {
+        panic!("expected opened");
+    };
+    assert_eq!(o.last_seq, 0);
+    // Open streams hold a graceful shutdown until they end.
+    drop(c);
+
+    // Without a token, nothing.
+    let mut anon = sandbox.client_with(None).await;
+    let (tx, rx) = mpsc::channel::<StreamRequest>(1);
+    tx.send(open("s", Some(layout()))).await.unwrap();
+    drop(tx);
+    let e = anon.stream(ReceiverStream::new(rx)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    sandbox.stop().await;
+}
