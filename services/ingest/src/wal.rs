@@ -407,50 +407,66 @@ fn read_segment(path: &Path, last: bool) -> Result<Vec<Replayed>> {
     let mut out: Vec<Replayed> = Vec::new();
     let mut at = MAGIC.len();
     while at < data.len() {
-        let torn = |reason: &str| -> Result<Vec<Replayed>> {
-            if last {
+        let record = match record_at(&data, at) {
+            Ok(r) => r,
+            Err(reason) => {
+                // A crash mid-write leaves damage only at the end of the last segment. A bad
+                // record followed by a good one is damage to acknowledged data, never a tail.
+                let followed = u32::from_le_bytes(
+                    data.get(at..at + 4)
+                        .and_then(|b| b.try_into().ok())
+                        .unwrap_or_default(),
+                ) as usize;
+                let next = at + RECORD_HEADER + followed;
+                if !last || (followed <= MAX_RECORD_BYTES && record_at(&data, next).is_ok()) {
+                    return Err(corrupt(at, reason.to_string()));
+                }
                 tracing::warn!(
                     path = %path.display(), offset = at, reason,
                     "cutting a torn record off the write-ahead log"
                 );
                 truncate(path, at as u64)?;
-                Ok(Vec::new())
-            } else {
-                Err(corrupt(at, reason.to_string()))
+                break;
             }
         };
-        if data.len() - at < RECORD_HEADER {
-            torn("a record header is cut short")?;
-            break;
-        }
-        let len = u32::from_le_bytes(data[at..at + 4].try_into().unwrap_or_default()) as usize;
-        let crc = u32::from_le_bytes(data[at + 4..at + 8].try_into().unwrap_or_default());
-        let lsn = u64::from_le_bytes(data[at + 8..at + 16].try_into().unwrap_or_default());
-        let start = at + RECORD_HEADER;
-        if len > MAX_RECORD_BYTES || data.len() - start < len {
-            torn("a record is cut short")?;
-            break;
-        }
-        let payload = data.slice(start..start + len);
-        let mut h = crc32fast::Hasher::new();
-        h.update(&lsn.to_le_bytes());
-        h.update(&payload);
-        if h.finalize() != crc {
-            torn("a record's checksum does not match")?;
-            break;
-        }
         if let Some(prev) = out.last()
-            && lsn != prev.lsn + 1
+            && record.lsn != prev.lsn + 1
         {
             return Err(corrupt(
                 at,
-                format!("record {lsn} follows record {}", prev.lsn),
+                format!("record {} follows record {}", record.lsn, prev.lsn),
             ));
         }
-        out.push(Replayed { lsn, payload });
-        at = start + len;
+        at += RECORD_HEADER + record.payload.len();
+        out.push(record);
     }
     Ok(out)
+}
+
+/// The whole, checksummed record at `at`, or why there is none.
+fn record_at(data: &Bytes, at: usize) -> std::result::Result<Replayed, &'static str> {
+    let header = data
+        .get(at..at + RECORD_HEADER)
+        .ok_or("a record header is cut short")?;
+    let word =
+        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    let len = word(0) as usize;
+    let crc = word(4);
+    let mut lsn_bytes = [0u8; 8];
+    lsn_bytes.copy_from_slice(&header[8..16]);
+    let lsn = u64::from_le_bytes(lsn_bytes);
+    let start = at + RECORD_HEADER;
+    if len > MAX_RECORD_BYTES || data.len() - start < len {
+        return Err("a record is cut short");
+    }
+    let payload = data.slice(start..start + len);
+    let mut h = crc32fast::Hasher::new();
+    h.update(&lsn_bytes);
+    h.update(&payload);
+    if h.finalize() != crc {
+        return Err("a record's checksum does not match");
+    }
+    Ok(Replayed { lsn, payload })
 }
 
 fn truncate(path: &Path, len: u64) -> Result<()> {
@@ -552,7 +568,25 @@ mod tests {
             "the torn bytes are gone"
         );
         assert_eq!(wal.append(payload(30)).await.unwrap(), 31);
+        assert_eq!(wal.append(payload(31)).await.unwrap(), 32);
         drop(wal);
+        // A flipped byte in a record of the last segment that good records follow is damage,
+        // not a torn tail: cutting there would drop acknowledged records.
+        let segments = list_segments(dir.path()).unwrap();
+        let last = &segments.last().unwrap().path;
+        assert_eq!(
+            read_segment(last, false).unwrap().len(),
+            2,
+            "31 and 32 share a segment"
+        );
+        let mut bytes = std::fs::read(last).unwrap();
+        let saved = bytes.clone();
+        bytes[MAGIC.len() + RECORD_HEADER] ^= 0xff;
+        std::fs::write(last, &bytes).unwrap();
+        let err = Wal::open(config(dir.path())).unwrap_err();
+        assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
+        assert_eq!(std::fs::read(last).unwrap(), bytes, "nothing was cut");
+        std::fs::write(last, saved).unwrap();
         // A flipped byte inside an earlier segment loses acknowledged data: refuse to open.
         let first = &list_segments(dir.path()).unwrap()[0].path;
         let mut bytes = std::fs::read(first).unwrap();
