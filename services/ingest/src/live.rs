@@ -30,6 +30,9 @@ pub const MAX_CHANNELS: usize = 1024;
 pub const MAX_SAMPLE_RATE: f64 = 100_000.0;
 /// The most samples per channel in one chunk (a minute at 1 kHz).
 pub const MAX_CHUNK_SAMPLES: usize = 60_000;
+/// Samples (of all streams) a node holds in memory until they are flushed. Flushing to Parquet
+/// is not built yet, so this bounds memory: past it, chunks get ResourceExhausted.
+pub const MAX_HELD_SAMPLES: u64 = 256 << 20;
 /// Physical units per stored step when a channel gives none.
 pub const DEFAULT_RESOLUTION: f64 = 1e-3;
 
@@ -391,6 +394,9 @@ pub struct Live {
     /// First opens one at a time, so that the open record the log replays first is the one
     /// whose stream the map holds.
     creating: tokio::sync::Mutex<()>,
+    /// Samples held by every stream, against `max_held`.
+    held_samples: AtomicU64,
+    max_held: u64,
 }
 
 impl std::fmt::Debug for Live {
@@ -454,6 +460,10 @@ impl Live {
                 None => {}
             }
         }
+        let held: u64 = opened
+            .values()
+            .map(|(_, _, st)| st.held.iter().map(|c| c.len() as u64).sum::<u64>())
+            .sum();
         let streams = opened
             .into_iter()
             .map(|((tenant, stream_id), (recording_id, layout, state))| {
@@ -472,6 +482,8 @@ impl Live {
             wal,
             streams: std::sync::Mutex::new(streams),
             creating: tokio::sync::Mutex::new(()),
+            held_samples: AtomicU64::new(held),
+            max_held: MAX_HELD_SAMPLES,
         })
     }
 
@@ -608,6 +620,17 @@ impl Live {
             ));
         }
         let (n, values) = samples.digital(&stream.layout)?;
+        let adding = values.len() as u64;
+        if self.held_samples.load(Ordering::Acquire) + adding > self.max_held {
+            return Err(Error::too_large(
+                "chunk",
+                format!(
+                    "this node holds {} samples of live streams not yet flushed, the most it \
+                     holds; retry later",
+                    self.max_held
+                ),
+            ));
+        }
         let mut bytes = Vec::with_capacity(values.len() * 4);
         for v in &values {
             bytes.extend_from_slice(&v.to_le_bytes());
@@ -631,6 +654,7 @@ impl Live {
             .await
             .map_err(|e| Error::Internal(format!("live streams: {e}")))?;
         state.apply(&chunk);
+        self.held_samples.fetch_add(adding, Ordering::AcqRel);
         Ok(Ack {
             seq,
             samples: state.position.samples,
@@ -811,6 +835,26 @@ mod tests {
         other.sample_rate = 500.0;
         let e = live.open_stream("t", "s", Some(other)).await.unwrap_err();
         assert!(matches!(e, Error::FailedPrecondition { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn held_samples_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut live = open(dir.path());
+        live.max_held = 3 * 30;
+        let (s, _) = live.open_stream("t", "s", Some(layout())).await.unwrap();
+        live.append(&s, 1, chunk(1, 20)).await.unwrap();
+        let e = live.append(&s, 2, chunk(2, 20)).await.unwrap_err();
+        assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+        // Refused, not stored: the same number fits once it is small enough.
+        let ack = live.append(&s, 2, chunk(2, 10)).await.unwrap();
+        assert_eq!((ack.seq, ack.samples), (2, 30));
+        drop(live);
+        // The count comes back with the replayed samples.
+        let mut live = open(dir.path());
+        live.max_held = 3 * 30;
+        let (s, _) = live.open_stream("t", "s", None).await.unwrap();
+        assert!(live.append(&s, 3, chunk(3, 1)).await.is_err());
     }
 
     #[tokio::test]
