@@ -172,6 +172,7 @@ impl Sandbox {
                 metrics,
             },
         )
+        .await
         .expect("ingest");
         let query = Query::new(
             options.query,

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float32Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{ArrayRef, AsArray, Float32Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
 use gbrain_cli::client::Ingest as IngestClient;
-use gbrain_integration_tests::{OTHER_TENANT_TOKEN, SUBMITTER_TOKEN, Sandbox};
+use gbrain_integration_tests::{ANALYST_TOKEN, OTHER_TENANT_TOKEN, SUBMITTER_TOKEN, Sandbox};
 use gbrain_proto::ingest::v1::{
     PackedSamples, StreamChannel, StreamChunk, StreamClose, StreamLayout, StreamOpen,
     StreamRequest, StreamResponse, stream_chunk, stream_request, stream_response,
@@ -125,6 +125,45 @@ impl Conn {
     }
 }
 
+/// Polls Flight SQL until the recording's channels each hold `samples` (flushes run every
+/// 500 ms), then returns each channel's values in sample order.
+async fn stored(
+    sandbox: &Sandbox,
+    recording_id: &str,
+    samples: usize,
+) -> std::collections::HashMap<String, Vec<f64>> {
+    let sql = format!(
+        "SELECT channel, sample_index, value FROM samples WHERE recording_id = '{recording_id}' \
+         ORDER BY channel_index, sample_index"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let r = sandbox.sql(ANALYST_TOKEN, &sql).await.unwrap();
+        let channel = arrow::compute::cast(r.column(0), &DataType::Utf8).unwrap();
+        let channel = channel.as_string::<i32>();
+        let index = r.column(1).as_primitive::<Int64Type>();
+        let value = r.column(2).as_primitive::<Float64Type>();
+        let mut out: std::collections::HashMap<String, Vec<f64>> = Default::default();
+        for i in 0..r.num_rows() {
+            let v = out.entry(channel.value(i).to_string()).or_default();
+            assert_eq!(index.value(i), v.len() as i64, "no gap and no duplicate");
+            v.push(value.value(i));
+        }
+        if out.len() == LABELS.len() && out.values().all(|v| v.len() == samples) {
+            return out;
+        }
+        assert!(
+            out.values().all(|v| v.len() <= samples),
+            "more samples stored than acknowledged"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{samples} samples per channel never became queryable"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 fn ack(k: stream_response::Kind) -> (u64, u64) {
     match k {
         stream_response::Kind::Ack(a) => (a.seq, a.samples),
@@ -146,8 +185,10 @@ async fn chunks_are_acknowledged_resumed_and_held_exactly_once() {
         c.send(packed(seq)).await;
         assert_eq!(ack(c.next().await.unwrap()), (seq, seq * SAMPLES as u64));
     }
-    // The connection drops.
+    // The connection drops. The stream is open, and what was acknowledged is queryable.
     drop(c);
+    let rows = stored(&sandbox, &opened.recording_id, 75).await;
+    assert_eq!(rows.len(), LABELS.len());
 
     // A reconnect resumes after the last acknowledged chunk, in the same recording.
     let mut c = Conn::new(&mut client, open("stream-1", None)).await;
@@ -182,25 +223,37 @@ async fn chunks_are_acknowledged_resumed_and_held_exactly_once() {
     };
     assert_eq!(closed.samples, 100);
 
-    // What the node holds, sample by sample: every chunk once, at 1 nV steps.
-    let live = sandbox
-        .ingest
-        .live()
-        .expect("the sandbox has a write-ahead log");
-    let (from, held) = live.held("demo", "stream-1").await.unwrap();
-    assert_eq!(from, 0);
-    for (ch, samples) in held.iter().enumerate() {
-        assert_eq!(samples.len(), 100);
-        for (i, step) in samples.iter().enumerate() {
+    // What Flight SQL reads, sample by sample: every chunk once, at 1 nV steps.
+    let rows = stored(&sandbox, &opened.recording_id, 100).await;
+    for (ch, label) in LABELS.iter().enumerate() {
+        let got = &rows[*label];
+        for (i, v) in got.iter().enumerate() {
             let (seq, s) = (i / SAMPLES + 1, i % SAMPLES);
             let want = f64::from(values(seq as u64)[s * LABELS.len() + ch]);
-            assert_eq!(
-                f64::from(*step),
-                (want / 1e-3).round(),
-                "channel {ch} sample {i}"
+            assert!(
+                (v - (want / 1e-3).round() * 1e-3).abs() < 1e-9,
+                "channel {label} sample {i}: {v} for {want}"
             );
         }
     }
+    let r = sandbox
+        .sql(
+            ANALYST_TOKEN,
+            &format!(
+                "SELECT format, num_records, duration_s FROM recordings WHERE recording_id = '{}'",
+                opened.recording_id
+            ),
+        )
+        .await
+        .unwrap();
+    let format = r.column(0).as_string::<i32>().value(0).to_string();
+    let records = r.column(1).as_primitive::<Int64Type>().value(0);
+    let duration = r.column(2).as_primitive::<Float64Type>().value(0);
+    assert_eq!(
+        (format.as_str(), records, duration),
+        ("LIVE", 100, 0.4),
+        "a record per sample"
+    );
     // A closed stream takes nothing more.
     let mut c = Conn::new(&mut client, open("stream-1", None)).await;
     let e = c.next().await.unwrap_err();

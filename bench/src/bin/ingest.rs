@@ -79,7 +79,8 @@ async fn gbrain_once(path: &Path, work: &Path, run: usize) -> anyhow::Result<(f6
             clock: Arc::new(SystemClock),
             metrics: IngestMetrics::register(&mut registry),
         },
-    )?;
+    )
+    .await?;
     let size = std::fs::metadata(path)?.len();
     let start = Instant::now();
     let outcome = ingest
@@ -120,7 +121,8 @@ async fn grpc_once(path: &Path, work: &Path, run: usize) -> anyhow::Result<f64> 
             clock: Arc::new(SystemClock),
             metrics: IngestMetrics::register(&mut registry),
         },
-    )?;
+    )
+    .await?;
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = grpc.local_addr()?;
     let shutdown = tokio_util::sync::CancellationToken::new();

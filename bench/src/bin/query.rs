@@ -185,7 +185,8 @@ async fn prepare(args: &Args) -> anyhow::Result<Dataset> {
             clock: Arc::new(SystemClock),
             metrics: IngestMetrics::register(&mut registry),
         },
-    )?;
+    )
+    .await?;
     let tenant = TenantId::new(TENANT)?;
     let edf = root.join("tmp.edf");
     let started = Instant::now();

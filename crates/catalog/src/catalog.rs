@@ -7,8 +7,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 
 use crate::model::{
-    ChannelRow, DataFileRow, FileKind, NewRecording, Participant, PendingWrite, RecordingRow,
-    SegmentRow, TenantView, UploadRow,
+    ChannelRow, DataFileRow, FileKind, LiveFlush, LiveStreamRow, NewRecording, Participant,
+    PendingWrite, RecordingRow, SegmentRow, TenantView, UploadRow,
 };
 use crate::schema::migrations;
 use crate::{Error, Result};
@@ -44,6 +44,15 @@ pub enum AppendOutcome {
     UnknownRecording,
 }
 
+/// What opening a live stream found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LiveOpen {
+    /// The stream and its recording are committed.
+    Created,
+    /// The tenant has a stream of that id already; nothing was committed.
+    Existing(LiveStreamRow),
+}
+
 /// The catalog. Cheap to clone: it is a connection pool.
 #[derive(Clone, Debug)]
 pub struct Catalog {
@@ -56,6 +65,9 @@ const RECORDING_COLUMNS: &str = "tenant, recording_id, source_sha256, subject_ps
     record_duration_text, num_records, source_bytes, stored_bytes, sex, age_years, num_signals, \
     num_annotation_signals, num_samples, num_events, patient_field, recording_field, \
     warnings_json, sidecar_json, ingested_ns";
+
+const LIVE_COLUMNS: &str = "tenant, stream_id, recording_id, owner, layout_hex, flushed_seq, \
+    flushed_samples, closed, created_ns";
 
 const CHANNEL_COLUMNS: &str = "channel_index, label, channel_type, unit, transducer, \
     prefiltering, reserved, sample_rate, samples_per_record, physical_min, physical_max, \
@@ -333,99 +345,19 @@ impl Catalog {
     /// marked done and the pending write cleared, in one transaction.
     pub async fn commit_recording(&self, rec: &NewRecording) -> Result<CommitOutcome> {
         let r = &rec.row;
-        let warnings =
-            serde_json::to_string(&r.warnings).map_err(|e| Error::Corrupt(e.to_string()))?;
         let mut tx = self.pool.begin().await?;
         let seq = next_seq(&mut tx).await?;
-        let insert = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO recordings ({RECORDING_COLUMNS}, commit_seq) VALUES ($1, $2, $3, $4, \
-             $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
-             $23, $24, $25, $26, $27, $28, $29)"
-        )))
-        .bind(&r.tenant)
-        .bind(&r.recording_id)
-        .bind(&r.source_sha256)
-        .bind(&r.subject_pseudonym)
-        .bind(&r.session)
-        .bind(&r.task)
-        .bind(&r.run)
-        .bind(&r.acquisition)
-        .bind(&r.datatype)
-        .bind(&r.format)
-        .bind(r.start_time_ns)
-        .bind(r.duration_s)
-        .bind(r.record_duration_s)
-        .bind(&r.record_duration_text)
-        .bind(r.num_records)
-        .bind(r.source_bytes)
-        .bind(r.stored_bytes)
-        .bind(&r.sex)
-        .bind(r.age_years)
-        .bind(r.num_signals)
-        .bind(r.num_annotation_signals)
-        .bind(r.num_samples)
-        .bind(r.num_events)
-        .bind(&r.patient_field)
-        .bind(&r.recording_field)
-        .bind(warnings)
-        .bind(&r.sidecar_json)
-        .bind(r.ingested_ns)
-        .bind(seq)
-        .execute(&mut *tx)
-        .await;
-        if let Err(e) = insert {
-            if is_unique_violation(&e) {
+        if let Err(e) = insert_recording(&mut tx, rec, seq).await {
+            if let Error::Database(db) = &e
+                && is_unique_violation(db)
+            {
                 tx.rollback().await?;
                 return match self.find_by_checksum(&r.tenant, &r.source_sha256).await? {
                     Some(id) => Ok(CommitOutcome::Duplicate { recording_id: id }),
-                    None => Err(e.into()),
+                    None => Err(e),
                 };
             }
-            return Err(e.into());
-        }
-        for c in &rec.channels {
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO channels (tenant, recording_id, {CHANNEL_COLUMNS}) VALUES ($1, $2, \
-                 $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-                 $20, $21)"
-            )))
-            .bind(&r.tenant)
-            .bind(&r.recording_id)
-            .bind(c.channel_index)
-            .bind(&c.label)
-            .bind(&c.channel_type)
-            .bind(&c.unit)
-            .bind(&c.transducer)
-            .bind(&c.prefiltering)
-            .bind(&c.reserved)
-            .bind(c.sample_rate)
-            .bind(c.samples_per_record)
-            .bind(c.physical_min)
-            .bind(c.physical_max)
-            .bind(&c.physical_min_text)
-            .bind(&c.physical_max_text)
-            .bind(c.digital_min)
-            .bind(c.digital_max)
-            .bind(c.gain)
-            .bind(c.offset)
-            .bind(c.num_samples)
-            .bind(i64::from(c.is_annotation))
-            .execute(&mut *tx)
-            .await?;
-        }
-        for s in &rec.segments {
-            sqlx::query(
-                "INSERT INTO segments (tenant, recording_id, segment_index, first_record, \
-                 num_records, onset_s) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(&r.tenant)
-            .bind(&r.recording_id)
-            .bind(s.segment_index)
-            .bind(s.first_record)
-            .bind(s.num_records)
-            .bind(s.onset_s)
-            .execute(&mut *tx)
-            .await?;
+            return Err(e);
         }
         for f in &rec.files {
             insert_file(&mut tx, &r.tenant, &r.recording_id, f, seq).await?;
@@ -819,6 +751,137 @@ impl Catalog {
         })
     }
 
+    /// Commits a live stream and its recording (no files yet), in one transaction. A stream
+    /// of that id that exists already is returned instead.
+    pub async fn create_live_stream(
+        &self,
+        rec: &NewRecording,
+        stream: &LiveStreamRow,
+    ) -> Result<LiveOpen> {
+        let mut tx = self.pool.begin().await?;
+        let insert = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO live_streams ({LIVE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        )))
+        .bind(&stream.tenant)
+        .bind(&stream.stream_id)
+        .bind(&stream.recording_id)
+        .bind(&stream.owner)
+        .bind(&stream.layout_hex)
+        .bind(stream.flushed_seq)
+        .bind(stream.flushed_samples)
+        .bind(i64::from(stream.closed))
+        .bind(stream.created_ns)
+        .execute(&mut *tx)
+        .await;
+        if let Err(e) = insert {
+            tx.rollback().await?;
+            if is_unique_violation(&e)
+                && let Some(existing) = self.live_stream(&stream.tenant, &stream.stream_id).await?
+            {
+                return Ok(LiveOpen::Existing(existing));
+            }
+            return Err(e.into());
+        }
+        let seq = next_seq(&mut tx).await?;
+        insert_recording(&mut tx, rec, seq).await?;
+        tx.commit().await?;
+        Ok(LiveOpen::Created)
+    }
+
+    /// One live stream of a tenant.
+    pub async fn live_stream(
+        &self,
+        tenant: &str,
+        stream_id: &str,
+    ) -> Result<Option<LiveStreamRow>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {LIVE_COLUMNS} FROM live_streams WHERE tenant = $1 AND stream_id = $2"
+        )))
+        .bind(tenant)
+        .bind(stream_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(live_from).transpose()
+    }
+
+    /// The streams of every tenant that `owner` takes chunks for and that are not closed:
+    /// what a node's write-ahead log replays into.
+    pub async fn open_live_streams(&self, owner: &str) -> Result<Vec<LiveStreamRow>> {
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {LIVE_COLUMNS} FROM live_streams WHERE owner = $1 AND closed = 0 \
+             ORDER BY tenant, stream_id"
+        )))
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(live_from)
+        .collect()
+    }
+
+    /// Commits one flush of a live stream: its files become visible, the recording and its
+    /// channels count the samples, and the stream's flushed position moves, in one
+    /// transaction. A flush that would move the position back (a retry of one already
+    /// committed) changes nothing and returns false.
+    pub async fn commit_live_flush(&self, flush: &LiveFlush) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE live_streams SET flushed_seq = $1, flushed_samples = $2, closed = $3 \
+             WHERE tenant = $4 AND stream_id = $5 AND recording_id = $6 AND flushed_seq <= $1 \
+             AND flushed_samples <= $2",
+        )
+        .bind(flush.flushed_seq)
+        .bind(flush.flushed_samples)
+        .bind(i64::from(flush.closed))
+        .bind(&flush.tenant)
+        .bind(&flush.stream_id)
+        .bind(&flush.recording_id)
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if !flush.files.is_empty() {
+            let seq = next_seq(&mut tx).await?;
+            let bytes: i64 = flush.files.iter().map(|f| f.size_bytes).sum();
+            sqlx::query(
+                "UPDATE recordings SET num_samples = $1 * num_signals, duration_s = $2, \
+                 stored_bytes = stored_bytes + $3 WHERE tenant = $4 AND recording_id = $5",
+            )
+            .bind(flush.flushed_samples)
+            .bind(flush.duration_s)
+            .bind(bytes)
+            .bind(&flush.tenant)
+            .bind(&flush.recording_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE channels SET num_samples = $1 WHERE tenant = $2 AND recording_id = $3",
+            )
+            .bind(flush.flushed_samples)
+            .bind(&flush.tenant)
+            .bind(&flush.recording_id)
+            .execute(&mut *tx)
+            .await?;
+            for f in &flush.files {
+                insert_file(&mut tx, &flush.tenant, &flush.recording_id, f, seq).await?;
+            }
+        }
+        if let Some(write_id) = &flush.write_id {
+            let cleared = sqlx::query("DELETE FROM pending_writes WHERE write_id = $1")
+                .bind(write_id)
+                .execute(&mut *tx)
+                .await?;
+            if cleared.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Err(Error::WriteCollected(write_id.clone()));
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -836,6 +899,97 @@ async fn next_seq(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<i64> {
         .await?
         .try_get("seq")?;
     Ok(seq)
+}
+
+/// Inserts a recording's row, channels and segments at commit `seq` (files are the caller's).
+async fn insert_recording(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    rec: &NewRecording,
+    seq: i64,
+) -> Result<()> {
+    let r = &rec.row;
+    let warnings = serde_json::to_string(&r.warnings).map_err(|e| Error::Corrupt(e.to_string()))?;
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO recordings ({RECORDING_COLUMNS}, commit_seq) VALUES ($1, $2, $3, $4, \
+             $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
+             $23, $24, $25, $26, $27, $28, $29)"
+    )))
+    .bind(&r.tenant)
+    .bind(&r.recording_id)
+    .bind(&r.source_sha256)
+    .bind(&r.subject_pseudonym)
+    .bind(&r.session)
+    .bind(&r.task)
+    .bind(&r.run)
+    .bind(&r.acquisition)
+    .bind(&r.datatype)
+    .bind(&r.format)
+    .bind(r.start_time_ns)
+    .bind(r.duration_s)
+    .bind(r.record_duration_s)
+    .bind(&r.record_duration_text)
+    .bind(r.num_records)
+    .bind(r.source_bytes)
+    .bind(r.stored_bytes)
+    .bind(&r.sex)
+    .bind(r.age_years)
+    .bind(r.num_signals)
+    .bind(r.num_annotation_signals)
+    .bind(r.num_samples)
+    .bind(r.num_events)
+    .bind(&r.patient_field)
+    .bind(&r.recording_field)
+    .bind(warnings)
+    .bind(&r.sidecar_json)
+    .bind(r.ingested_ns)
+    .bind(seq)
+    .execute(&mut **tx)
+    .await?;
+    for c in &rec.channels {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO channels (tenant, recording_id, {CHANNEL_COLUMNS}) VALUES ($1, $2, \
+                 $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+                 $20, $21)"
+        )))
+        .bind(&r.tenant)
+        .bind(&r.recording_id)
+        .bind(c.channel_index)
+        .bind(&c.label)
+        .bind(&c.channel_type)
+        .bind(&c.unit)
+        .bind(&c.transducer)
+        .bind(&c.prefiltering)
+        .bind(&c.reserved)
+        .bind(c.sample_rate)
+        .bind(c.samples_per_record)
+        .bind(c.physical_min)
+        .bind(c.physical_max)
+        .bind(&c.physical_min_text)
+        .bind(&c.physical_max_text)
+        .bind(c.digital_min)
+        .bind(c.digital_max)
+        .bind(c.gain)
+        .bind(c.offset)
+        .bind(c.num_samples)
+        .bind(i64::from(c.is_annotation))
+        .execute(&mut **tx)
+        .await?;
+    }
+    for s in &rec.segments {
+        sqlx::query(
+            "INSERT INTO segments (tenant, recording_id, segment_index, first_record, \
+                 num_records, onset_s) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&r.tenant)
+        .bind(&r.recording_id)
+        .bind(s.segment_index)
+        .bind(s.first_record)
+        .bind(s.num_records)
+        .bind(s.onset_s)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 async fn insert_file(
@@ -884,6 +1038,20 @@ fn channel_from(r: &AnyRow) -> Result<ChannelRow> {
         offset: r.try_get("phys_offset")?,
         num_samples: r.try_get("num_samples")?,
         is_annotation: r.try_get::<i64, _>("is_annotation")? != 0,
+    })
+}
+
+fn live_from(r: &AnyRow) -> Result<LiveStreamRow> {
+    Ok(LiveStreamRow {
+        tenant: r.try_get("tenant")?,
+        stream_id: r.try_get("stream_id")?,
+        recording_id: r.try_get("recording_id")?,
+        owner: r.try_get("owner")?,
+        layout_hex: r.try_get("layout_hex")?,
+        flushed_seq: r.try_get("flushed_seq")?,
+        flushed_samples: r.try_get("flushed_samples")?,
+        closed: r.try_get::<i64, _>("closed")? != 0,
+        created_ns: r.try_get("created_ns")?,
     })
 }
 

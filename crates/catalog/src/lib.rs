@@ -14,9 +14,9 @@ mod error;
 mod model;
 mod schema;
 
-pub use catalog::{AppendOutcome, Catalog, CommitOutcome, Dialect};
+pub use catalog::{AppendOutcome, Catalog, CommitOutcome, Dialect, LiveOpen};
 pub use error::{Error, Result};
 pub use model::{
-    ChannelRow, DataFileRow, FileKind, NewRecording, Participant, PendingWrite, RecordingRow,
-    SegmentRow, TenantView, UploadRow,
+    ChannelRow, DataFileRow, FileKind, LiveFlush, LiveStreamRow, NewRecording, Participant,
+    PendingWrite, RecordingRow, SegmentRow, TenantView, UploadRow,
 };

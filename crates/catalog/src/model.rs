@@ -165,3 +165,39 @@ pub struct TenantView {
     /// (recording_id, file) of every kind.
     pub files: Vec<(String, DataFileRow)>,
 }
+
+/// A live stream: its recording, the node whose write-ahead log holds its unflushed chunks,
+/// and how far Parquet holds it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LiveStreamRow {
+    pub tenant: String,
+    pub stream_id: String,
+    pub recording_id: String,
+    /// The ingest node (its write-ahead log) that takes the stream's chunks.
+    pub owner: String,
+    /// The stream's layout, encoded by the ingest service (opaque here).
+    pub layout_hex: String,
+    /// The last chunk whose samples are in committed files; 0 before the first flush.
+    pub flushed_seq: i64,
+    /// Samples per channel in committed files.
+    pub flushed_samples: i64,
+    pub closed: bool,
+    pub created_ns: i64,
+}
+
+/// One flush of a live stream: the files it wrote and where the stream then stands.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LiveFlush {
+    pub tenant: String,
+    pub stream_id: String,
+    pub recording_id: String,
+    /// One signal file per channel (none when only closing).
+    pub files: Vec<DataFileRow>,
+    pub flushed_seq: i64,
+    pub flushed_samples: i64,
+    /// Seconds of signal held after the flush.
+    pub duration_s: f64,
+    pub closed: bool,
+    /// The pending write that listed the files; cleared in the same transaction.
+    pub write_id: Option<String>,
+}

@@ -174,5 +174,25 @@ pub(crate) fn migrations(dialect: Dialect) -> Vec<Vec<String>> {
         "CREATE INDEX IF NOT EXISTS recordings_by_tenant_seq ON recordings (tenant, commit_seq)"
             .to_string(),
     ];
-    vec![v1.to_vec(), v2.to_vec()]
+    // v3: live streams. A stream's recording is committed when the stream opens; each flush
+    // of its samples to Parquet commits files and moves `flushed_seq`, the last chunk stored in
+    // Parquet, so that a replay of the write-ahead log skips what is already there.
+    let v3 = [
+        "CREATE TABLE IF NOT EXISTS live_streams (
+            tenant TEXT NOT NULL,
+            stream_id TEXT NOT NULL,
+            recording_id TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            layout_hex TEXT NOT NULL,
+            flushed_seq BIGINT NOT NULL,
+            flushed_samples BIGINT NOT NULL,
+            closed BIGINT NOT NULL,
+            created_ns BIGINT NOT NULL,
+            PRIMARY KEY (tenant, stream_id)
+        )"
+        .to_string(),
+        "CREATE INDEX IF NOT EXISTS live_streams_by_owner ON live_streams (owner, closed)"
+            .to_string(),
+    ];
+    vec![v1.to_vec(), v2.to_vec(), v3.to_vec()]
 }

@@ -3,8 +3,8 @@
 //! schema of its own.
 
 use gbrain_catalog::{
-    AppendOutcome, Catalog, ChannelRow, CommitOutcome, DataFileRow, FileKind, NewRecording,
-    Participant, PendingWrite, RecordingRow, SegmentRow, UploadRow,
+    AppendOutcome, Catalog, ChannelRow, CommitOutcome, DataFileRow, FileKind, LiveFlush, LiveOpen,
+    LiveStreamRow, NewRecording, Participant, PendingWrite, RecordingRow, SegmentRow, UploadRow,
 };
 
 struct Db {
@@ -497,3 +497,120 @@ async fn snapshots_keep_answering_the_same(c: &Catalog) {
     assert_eq!(c.snapshot("a", "before").await.unwrap(), None);
 }
 both!(snapshots_keep_answering_the_same);
+
+async fn live_streams_commit_their_flushes_once(c: &Catalog) {
+    let mut rec = recording("a", "live-1", "live-sha-1");
+    rec.row.format = "LIVE".into();
+    rec.row.num_samples = 0;
+    rec.channels[0].num_samples = 0;
+    rec.files.clear();
+    let stream = LiveStreamRow {
+        tenant: "a".into(),
+        stream_id: "s1".into(),
+        recording_id: "live-1".into(),
+        owner: "node-1".into(),
+        layout_hex: "0a00".into(),
+        flushed_seq: 0,
+        flushed_samples: 0,
+        closed: false,
+        created_ns: 5,
+    };
+    assert_eq!(
+        c.create_live_stream(&rec, &stream).await.unwrap(),
+        LiveOpen::Created
+    );
+    let mut again = recording("a", "live-2", "live-sha-2");
+    again.files.clear();
+    assert_eq!(
+        c.create_live_stream(
+            &again,
+            &LiveStreamRow {
+                recording_id: "live-2".into(),
+                ..stream.clone()
+            }
+        )
+        .await
+        .unwrap(),
+        LiveOpen::Existing(stream.clone()),
+        "the first open's stream and recording stand"
+    );
+    assert!(c.get_recording("a", "live-2").await.unwrap().is_none());
+    assert_eq!(
+        c.open_live_streams("node-1").await.unwrap(),
+        vec![stream.clone()]
+    );
+    assert!(c.open_live_streams("node-2").await.unwrap().is_empty());
+    assert!(
+        c.live_stream("b", "s1").await.unwrap().is_none(),
+        "streams are per tenant"
+    );
+
+    let seq_before = c.current_seq().await.unwrap();
+    pending(c, "a", "w-live-1").await;
+    let file = DataFileRow {
+        path: "data/signals/tenant=a/recording=live-1/live/0/channel=00000.parquet".into(),
+        kind: FileKind::Signal,
+        channel_index: Some(0),
+        first_row: 0,
+        num_rows: 500,
+        size_bytes: 700,
+    };
+    let flush = LiveFlush {
+        tenant: "a".into(),
+        stream_id: "s1".into(),
+        recording_id: "live-1".into(),
+        files: vec![file.clone()],
+        flushed_seq: 4,
+        flushed_samples: 500,
+        duration_s: 500.0 / 256.0,
+        closed: false,
+        write_id: Some("w-live-1".into()),
+    };
+    assert!(c.commit_live_flush(&flush).await.unwrap());
+    let row = c.live_stream("a", "s1").await.unwrap().unwrap();
+    assert_eq!((row.flushed_seq, row.flushed_samples), (4, 500));
+    let r = c.get_recording("a", "live-1").await.unwrap().unwrap();
+    assert_eq!(r.num_samples, 500);
+    assert_eq!(r.stored_bytes, 3000 + 700);
+    assert_eq!(c.channels("a", "live-1").await.unwrap()[0].num_samples, 500);
+    assert!(
+        c.abandoned_writes(i64::MAX).await.unwrap().is_empty(),
+        "the flush cleared its pending write"
+    );
+    let then = c.tenant_view("a", seq_before).await.unwrap();
+    let now = c
+        .tenant_view("a", c.current_seq().await.unwrap())
+        .await
+        .unwrap();
+    assert!(
+        then.files.is_empty(),
+        "a snapshot before the flush has no files"
+    );
+    assert_eq!(now.files, vec![("live-1".to_string(), file.clone())]);
+
+    // A retry of the committed flush changes nothing.
+    pending(c, "a", "w-live-retry").await;
+    let retry = LiveFlush {
+        flushed_seq: 3,
+        flushed_samples: 400,
+        write_id: Some("w-live-retry".into()),
+        ..flush.clone()
+    };
+    assert!(!c.commit_live_flush(&retry).await.unwrap());
+    assert_eq!(
+        c.live_stream("a", "s1").await.unwrap().unwrap().flushed_seq,
+        4
+    );
+
+    // Closing with nothing more to store.
+    let close = LiveFlush {
+        files: Vec::new(),
+        closed: true,
+        write_id: None,
+        ..flush
+    };
+    assert!(c.commit_live_flush(&close).await.unwrap());
+    assert!(c.open_live_streams("node-1").await.unwrap().is_empty());
+    assert!(c.live_stream("a", "s1").await.unwrap().unwrap().closed);
+}
+both!(live_streams_commit_their_flushes_once);

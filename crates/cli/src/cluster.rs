@@ -31,6 +31,7 @@ pub async fn serve_cluster(
 ) -> anyhow::Result<()> {
     let grpc_metrics = GrpcMetrics::register(&mut registry);
     let gc = gbrain_ingest::spawn_gc(&services.ingest, shutdown.clone());
+    let flusher = gbrain_ingest::spawn_live_flusher(&services.ingest, shutdown.clone());
     let mut routes = tonic::service::Routes::new(services.ingest.grpc_service())
         .add_service(services.query.flight_service()?)
         .add_service(services.query.snapshot_service());
@@ -68,6 +69,9 @@ pub async fn serve_cluster(
     })
     .await?;
     let _ = gc.await;
+    if let Some(f) = flusher {
+        let _ = f.await;
+    }
     if let Some(loader) = loader {
         let _ = loader.await;
     }

@@ -76,7 +76,8 @@ pub async fn up(
             clock: Arc::clone(&clock),
             metrics: IngestMetrics::register(&mut registry),
         },
-    )?;
+    )
+    .await?;
     let mut query_config = QueryConfig::from_args(&query);
     if query_config.spill_dir.is_none() {
         query_config.spill_dir = Some(data_dir.join("spill"));

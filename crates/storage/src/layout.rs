@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! data/signals/tenant=T/recording=R/channel=00003/part-00000.parquet
+//! data/signals/tenant=T/recording=R/flush=<first sample, 20 digits>-<id>/channel=00003.parquet
 //! data/events/tenant=T/recording=R/<part id>.parquet
 //! staging/tenant=T/upload=U/<offset, 20 digits>.part
 //! models/tenant=T/<model>/config.json
@@ -21,6 +22,19 @@ pub fn signal_part(tenant: &str, recording: &str, channel: u32, part: u32) -> Pa
     Path::from(format!(
         "data/signals/tenant={tenant}/recording={recording}/channel={channel:05}/part-{part:05}.parquet"
     ))
+}
+
+/// The folder of one flush of a live stream: every channel's samples from `first_sample`. The
+/// id keeps a retried flush apart from one that was abandoned.
+pub fn live_flush_dir(tenant: &str, recording: &str, first_sample: u64, id: &str) -> Path {
+    Path::from(format!(
+        "data/signals/tenant={tenant}/recording={recording}/flush={first_sample:020}-{id}"
+    ))
+}
+
+/// One channel's file of a live flush.
+pub fn live_flush_part(dir: &Path, channel: u32) -> Path {
+    dir.clone().join(format!("channel={channel:05}.parquet"))
 }
 
 pub fn recording_events(tenant: &str, recording: &str) -> Path {

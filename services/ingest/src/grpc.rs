@@ -230,7 +230,7 @@ impl IngestService for GrpcIngest {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             let tenant = p.tenant.as_str().to_string();
-            if let Err(e) = live_stream(&ingest, &tenant, &mut inbound, &tx).await {
+            if let Err(e) = live_stream(&ingest, &p.tenant, &mut inbound, &tx).await {
                 if matches!(e, Error::Internal(_)) {
                     tracing::warn!(tenant, error = %e, "live stream failed");
                 }
@@ -278,10 +278,116 @@ use futures::StreamExt as _;
 /// The responses of a live stream.
 pub type LiveStream = Pin<Box<dyn Stream<Item = Result<StreamResponse, Status>> + Send>>;
 
+/// What a new live stream's recording is committed as: de-identified like an upload's (the
+/// subject only as a pseudonym), format `LIVE`, a channel per layout channel whose gain is its
+/// resolution, and no samples until the first flush.
+async fn live_recording(
+    ingest: &Ingest,
+    tenant_id: &gbrain_common::tenant::TenantId,
+    stream_id: &str,
+    metadata: Option<gbrain_proto::ingest::v1::RecordingMetadata>,
+) -> Result<impl FnOnce(&str, &crate::live::Layout) -> gbrain_catalog::NewRecording + use<>, Error>
+{
+    use gbrain_catalog::{ChannelRow, NewRecording, RecordingRow, SegmentRow};
+    use sha2::Digest;
+    let meta = metadata.unwrap_or_default();
+    let tenant = tenant_id.as_str();
+    let key = ingest.tenant_key(tenant).await?;
+    let policy = ingest.auth.policy(tenant_id).deid;
+    let source_sha256 = hex::encode(sha2::Sha256::digest(format!("live-stream:{stream_id}")));
+    let now = ingest.clock.now_ns();
+    let start = chrono::DateTime::from_timestamp_nanos(now).naive_utc();
+    let deid = crate::deid::deidentify_live(
+        &key,
+        &policy,
+        &meta.dataset,
+        &meta.subject,
+        &source_sha256,
+        start,
+    );
+    let tenant = tenant.to_string();
+    Ok(move |recording_id: &str, layout: &crate::live::Layout| {
+        let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let rate = layout.sample_rate;
+        let channels: Vec<ChannelRow> = layout
+            .channels
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ChannelRow {
+                channel_index: i as i64,
+                label: c.label.clone(),
+                channel_type: if c.kind.is_empty() {
+                    "MISC".into()
+                } else {
+                    c.kind.to_ascii_uppercase()
+                },
+                unit: c.unit.clone(),
+                transducer: String::new(),
+                prefiltering: String::new(),
+                reserved: String::new(),
+                sample_rate: rate,
+                samples_per_record: 1,
+                physical_min: f64::from(i32::MIN) * c.resolution,
+                physical_max: f64::from(i32::MAX) * c.resolution,
+                physical_min_text: format!("{}", f64::from(i32::MIN) * c.resolution),
+                physical_max_text: format!("{}", f64::from(i32::MAX) * c.resolution),
+                digital_min: i64::from(i32::MIN),
+                digital_max: i64::from(i32::MAX),
+                gain: c.resolution,
+                offset: 0.0,
+                num_samples: 0,
+                is_annotation: false,
+            })
+            .collect();
+        NewRecording {
+            row: RecordingRow {
+                tenant,
+                recording_id: recording_id.to_string(),
+                source_sha256,
+                subject_pseudonym: deid.subject_pseudonym.clone(),
+                session: opt(&meta.session),
+                task: opt(&meta.task),
+                run: opt(&meta.run),
+                acquisition: opt(&meta.acquisition),
+                datatype: opt(&meta.datatype),
+                format: "LIVE".into(),
+                start_time_ns: deid.start.and_then(|s| s.and_utc().timestamp_nanos_opt()),
+                duration_s: 0.0,
+                record_duration_s: 1.0 / rate,
+                record_duration_text: format!("{}", 1.0 / rate),
+                num_records: 0,
+                source_bytes: 0,
+                stored_bytes: 0,
+                sex: None,
+                age_years: None,
+                num_signals: channels.len() as i64,
+                num_annotation_signals: 0,
+                num_samples: 0,
+                num_events: 0,
+                patient_field: deid.patient_field.clone(),
+                recording_field: deid.recording_field.clone(),
+                warnings: Vec::new(),
+                sidecar_json: None,
+                ingested_ns: now,
+            },
+            channels,
+            segments: vec![SegmentRow {
+                segment_index: 0,
+                first_record: 0,
+                num_records: 0,
+                onset_s: 0.0,
+            }],
+            files: Vec::new(),
+            upload_id: None,
+            write_id: String::new(),
+        }
+    })
+}
+
 /// One connection of a live stream: `open`, then chunks acknowledged in order, then `close`.
 async fn live_stream(
     ingest: &Ingest,
-    tenant: &str,
+    tenant_id: &gbrain_common::tenant::TenantId,
     inbound: &mut Streaming<StreamRequest>,
     tx: &tokio::sync::mpsc::Sender<Result<StreamResponse, Status>>,
 ) -> Result<(), Error> {
@@ -314,7 +420,11 @@ async fn live_stream(
             })
             .collect(),
     });
-    let (session, position) = live.open_stream(tenant, &open.stream_id, layout).await?;
+    let tenant = tenant_id.as_str();
+    let recording = live_recording(ingest, tenant_id, &open.stream_id, open.metadata).await?;
+    let (session, position) = live
+        .open_stream(tenant, &open.stream_id, layout, recording)
+        .await?;
     tracing::info!(
         tenant, stream_id = %open.stream_id, last_seq = position.last_seq,
         "live stream opened"

@@ -68,6 +68,8 @@ pub struct IngestConfig {
     pub convert: convert::ConvertOptions,
     /// Where live streams keep their write-ahead log; without one the node takes no streams.
     pub wal_dir: Option<std::path::PathBuf>,
+    /// When live streams' held samples go to Parquet.
+    pub live_flush: live::FlushPolicy,
 }
 
 impl Default for IngestConfig {
@@ -83,6 +85,7 @@ impl Default for IngestConfig {
             max_concurrent_conversions: 2,
             convert: convert::ConvertOptions::default(),
             wal_dir: None,
+            live_flush: live::FlushPolicy::default(),
         }
     }
 }
@@ -134,19 +137,29 @@ impl std::fmt::Debug for Ingest {
 }
 
 impl Ingest {
-    pub fn new(config: IngestConfig, deps: IngestDeps) -> Result<Arc<Self>> {
+    pub async fn new(config: IngestConfig, deps: IngestDeps) -> Result<Arc<Self>> {
         let cpu = rayon::ThreadPoolBuilder::new()
             .num_threads(config.cpu_threads.max(1))
             .thread_name(|i| format!("gbrain-ingest-cpu-{i}"))
             .build()
             .map_err(|e| Error::Internal(format!("cpu pool: {e}")))?;
-        // Replays the streams' log: every acknowledged chunk is held again before the node
-        // serves anything.
-        let live = config
-            .wal_dir
-            .as_ref()
-            .map(|dir| live::Live::open(wal::WalConfig::new(dir)))
-            .transpose()?;
+        // Replays the streams' log: every acknowledged chunk not yet in Parquet is held again
+        // before the node serves anything.
+        let live = match &config.wal_dir {
+            Some(dir) => Some(
+                live::Live::open(
+                    wal::WalConfig::new(dir),
+                    live::LiveDeps {
+                        catalog: deps.catalog.clone(),
+                        store: Arc::clone(&deps.store),
+                        clock: Arc::clone(&deps.clock),
+                    },
+                    config.live_flush,
+                )
+                .await?,
+            ),
+            None => None,
+        };
         Ok(Arc::new(Self {
             live,
             staging: Staging::new(Arc::clone(&deps.store)),
@@ -263,7 +276,8 @@ pub async fn run(
             clock: Arc::new(SystemClock),
             metrics,
         },
-    )?;
+    )
+    .await?;
     serve_ingest(
         ingest,
         config.auth,
@@ -285,6 +299,21 @@ pub fn spawn_gc(ingest: &Arc<Ingest>, shutdown: CancellationToken) -> tokio::tas
     ))
 }
 
+/// Starts flushing live streams to Parquet, when the node takes them, until `shutdown` (and
+/// once more after).
+pub fn spawn_live_flusher(
+    ingest: &Arc<Ingest>,
+    shutdown: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    ingest.live.as_ref()?;
+    let ingest = Arc::clone(ingest);
+    Some(tokio::spawn(async move {
+        if let Some(live) = ingest.live() {
+            live.run_flusher(shutdown).await;
+        }
+    }))
+}
+
 #[derive(Debug)]
 pub struct Listeners {
     pub grpc: TcpListener,
@@ -303,6 +332,7 @@ pub async fn serve_ingest(
 ) -> Result<()> {
     let grpc_metrics = GrpcMetrics::register(&mut registry);
     let gc = spawn_gc(&ingest, shutdown.clone());
+    let flusher = spawn_live_flusher(&ingest, shutdown.clone());
     serve(ServeArgs {
         routes: tonic::service::Routes::new(ingest.grpc_service()),
         service_names: vec![SERVICE_NAME],
@@ -320,6 +350,9 @@ pub async fn serve_ingest(
     .await
     .map_err(|e| Error::Startup(e.to_string()))?;
     let _ = gc.await;
+    if let Some(f) = flusher {
+        let _ = f.await;
+    }
     ingest.catalog.close().await;
     Ok(())
 }

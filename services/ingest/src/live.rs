@@ -14,12 +14,22 @@
 //! Not here yet: flushing the held samples to Parquet and releasing the log, and the gRPC
 //! stream over this (see docs/ARCHITECTURE.md, "Live streams").
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
+use gbrain_catalog::{
+    Catalog, DataFileRow, FileKind, LiveFlush, LiveOpen, LiveStreamRow, NewRecording, PendingWrite,
+};
+use gbrain_common::clock::Clock;
+use gbrain_storage::layout;
+use gbrain_storage::signal::{SampleWidth, SignalFileWriter};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use prost::Message;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::wal::{Wal, WalConfig};
@@ -30,8 +40,8 @@ pub const MAX_CHANNELS: usize = 1024;
 pub const MAX_SAMPLE_RATE: f64 = 100_000.0;
 /// The most samples per channel in one chunk (a minute at 1 kHz).
 pub const MAX_CHUNK_SAMPLES: usize = 60_000;
-/// Samples (of all streams) a node holds in memory until they are flushed. Flushing to Parquet
-/// is not built yet, so this bounds memory: past it, chunks get ResourceExhausted.
+/// Samples (of all streams) a node holds in memory until they are flushed: past it, chunks
+/// wait for flushes to make room.
 pub const MAX_HELD_SAMPLES: u64 = 256 << 20;
 /// Physical units per stored step when a channel gives none.
 pub const DEFAULT_RESOLUTION: f64 = 1e-3;
@@ -283,15 +293,14 @@ impl Samples {
 /// A log record of the live streams.
 #[derive(Clone, PartialEq, Message)]
 struct Record {
-    #[prost(oneof = "record::Kind", tags = "1, 2, 3")]
+    #[prost(oneof = "record::Kind", tags = "2, 3")]
     kind: Option<record::Kind>,
 }
 
 mod record {
+    /// Tag 1 was an open record: streams are now opened in the catalog.
     #[derive(Clone, PartialEq, prost::Oneof)]
     pub enum Kind {
-        #[prost(message, tag = "1")]
-        Open(super::OpenRecord),
         #[prost(message, tag = "2")]
         Chunk(super::ChunkRecord),
         #[prost(message, tag = "3")]
@@ -305,16 +314,6 @@ struct StreamKey {
     tenant: String,
     #[prost(string, tag = "2")]
     stream_id: String,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct OpenRecord {
-    #[prost(message, optional, tag = "1")]
-    key: Option<StreamKey>,
-    #[prost(string, tag = "2")]
-    recording_id: String,
-    #[prost(message, optional, tag = "3")]
-    layout: Option<Layout>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -357,6 +356,8 @@ struct State {
     /// Samples not yet in Parquet, per channel, from sample `held_from`.
     held: Vec<Vec<i32>>,
     held_from: u64,
+    /// (log record, end sample) of each chunk held, oldest first: what the log must keep.
+    chunks: VecDeque<(u64, u64)>,
 }
 
 /// One live stream.
@@ -387,21 +388,82 @@ pub struct Session {
     generation: u64,
 }
 
+/// What live streams are stored with.
+#[derive(Clone)]
+pub struct LiveDeps {
+    pub catalog: Catalog,
+    pub store: Arc<dyn ObjectStore>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// When held samples go to Parquet.
+#[derive(Clone, Copy, Debug)]
+pub struct FlushPolicy {
+    /// Every stream's samples are flushed at least this often, so that queries see them.
+    pub interval: Duration,
+    /// A stream holding this many values (samples times channels) is flushed at once.
+    pub stream_values: u64,
+    /// Samples (of all streams) a node holds until they are flushed; past it, chunks wait
+    /// for a flush (their acks slow down) and, after `room_wait`, get ResourceExhausted.
+    pub max_held: u64,
+    /// How long a chunk waits for flushes to make room before it is refused.
+    pub room_wait: Duration,
+}
+
+impl Default for FlushPolicy {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_millis(500),
+            stream_values: 4 << 20,
+            max_held: MAX_HELD_SAMPLES,
+            room_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What one flush pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlushReport {
+    /// Streams whose samples went to Parquet.
+    pub streams: usize,
+    /// Samples per channel, summed over those streams.
+    pub samples: u64,
+    /// Streams that were closed and are now fully stored.
+    pub closed: usize,
+    /// Streams whose flush failed; their samples stay held and logged.
+    pub failed: usize,
+    /// The log records released, up to this one.
+    pub released_lsn: u64,
+}
+
 /// The node's live streams.
 pub struct Live {
     wal: Wal,
+    deps: LiveDeps,
+    /// This node's id: streams are taken by the node whose log holds them.
+    owner: String,
+    policy: FlushPolicy,
     streams: std::sync::Mutex<HashMap<(String, String), Arc<Stream>>>,
-    /// First opens one at a time, so that the open record the log replays first is the one
-    /// whose stream the map holds.
+    /// First opens one at a time, so that two connections opening one new stream agree.
     creating: tokio::sync::Mutex<()>,
-    /// Samples held by every stream, against `max_held`.
+    /// One flush pass at a time.
+    flushing: tokio::sync::Mutex<()>,
+    /// Wakes the flusher before its interval (a stream holds much, or the node is full).
+    flush_soon: tokio::sync::Notify,
+    /// Raised after each flush pass, for chunks waiting for room.
+    flushed: tokio::sync::Notify,
+    /// Samples held by every stream, against `policy.max_held`.
     held_samples: AtomicU64,
-    max_held: u64,
+    /// The highest log record written for a chunk.
+    max_lsn: AtomicU64,
 }
 
 impl std::fmt::Debug for Live {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Live")
+        f.debug_struct("Live")
+            .field("owner", &self.owner)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
     }
 }
 
@@ -421,14 +483,76 @@ fn check_stream_id(id: &str) -> Result<()> {
     }
 }
 
+fn wal_error(e: crate::wal::WalError) -> Error {
+    Error::Internal(format!("live streams: {e}"))
+}
+
+/// The node's id, kept beside its log: made once, the same after every restart.
+fn node_id(dir: &std::path::Path) -> Result<String> {
+    let path = dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::Internal(format!("{}: {e}", path.display()))),
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))?;
+    let id = format!("ingest-{}", uuid::Uuid::new_v4());
+    let tmp = dir.join("node-id.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, id.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
+    Ok(id)
+}
+
+fn layout_from_hex(hex_layout: &str) -> Result<Layout> {
+    let bytes = hex::decode(hex_layout)
+        .map_err(|e| Error::Internal(format!("live stream layout in the catalog: {e}")))?;
+    Layout::decode(bytes.as_slice())
+        .map_err(|e| Error::Internal(format!("live stream layout in the catalog: {e}")))
+}
+
 impl Live {
-    /// Opens the log and replays it: every acknowledged chunk of every stream is held again.
-    /// Blocking: call it off the IO runtime.
-    pub fn open(config: WalConfig) -> Result<Self> {
-        let (wal, records) =
-            Wal::open(config).map_err(|e| Error::Internal(format!("live streams: {e}")))?;
-        let mut opened: HashMap<(String, String), (String, Layout, State)> = HashMap::new();
+    /// Opens the log, and brings back every stream this node holds: its flushed position from
+    /// the catalog, then every acknowledged chunk after it from the log. Nothing is served
+    /// before this returns.
+    pub async fn open(config: WalConfig, deps: LiveDeps, policy: FlushPolicy) -> Result<Self> {
+        let dir = config.dir.clone();
+        let (wal, records, owner) = tokio::task::spawn_blocking(move || {
+            let owner = node_id(&dir)?;
+            let (wal, records) = Wal::open(config).map_err(wal_error)?;
+            Ok::<_, Error>((wal, records, owner))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("live streams: {e}")))??;
+        let mut streams: HashMap<(String, String), (Stream, State)> = HashMap::new();
+        for row in deps.catalog.open_live_streams(&owner).await? {
+            let layout = layout_from_hex(&row.layout_hex)?;
+            let width = layout.channels.len();
+            let mut state = State::empty(width);
+            state.position = Position {
+                last_seq: row.flushed_seq as u64,
+                samples: row.flushed_samples as u64,
+            };
+            state.held_from = row.flushed_samples as u64;
+            let stream = Stream {
+                tenant: row.tenant.clone(),
+                stream_id: row.stream_id.clone(),
+                recording_id: row.recording_id,
+                layout,
+                generation: AtomicU64::new(0),
+                state: tokio::sync::Mutex::new(State::empty(0)),
+            };
+            streams.insert((row.tenant, row.stream_id), (stream, state));
+        }
+        let mut max_lsn = 0;
         for r in records {
+            max_lsn = r.lsn;
             let record = Record::decode(r.payload).map_err(|e| {
                 Error::Internal(format!(
                     "live streams: log record {} does not decode: {e}",
@@ -436,55 +560,60 @@ impl Live {
                 ))
             })?;
             match record.kind {
-                Some(record::Kind::Open(o)) => {
-                    let (Some(key), Some(layout)) = (o.key, o.layout) else {
-                        continue;
-                    };
-                    let width = layout.channels.len();
-                    opened
-                        .entry((key.tenant, key.stream_id))
-                        .or_insert_with(|| (o.recording_id, layout, State::empty(width)));
-                }
                 Some(record::Kind::Chunk(c)) => {
                     let Some(key) = &c.key else { continue };
-                    let k = (key.tenant.clone(), key.stream_id.clone());
-                    if let Some((_, _, state)) = opened.get_mut(&k) {
-                        state.apply(&c);
+                    // Streams closed and stored, or flushed past this chunk, skip it.
+                    if let Some((_, state)) =
+                        streams.get_mut(&(key.tenant.clone(), key.stream_id.clone()))
+                    {
+                        state.replay(&c, r.lsn)?;
                     }
                 }
                 Some(record::Kind::Close(key)) => {
-                    if let Some((_, _, state)) = opened.get_mut(&(key.tenant, key.stream_id)) {
+                    if let Some((_, state)) = streams.get_mut(&(key.tenant, key.stream_id)) {
                         state.closed = true;
+                        let end = state.position.samples;
+                        state.chunks.push_back((r.lsn, end));
                     }
                 }
                 None => {}
             }
         }
-        let held: u64 = opened
+        let held: u64 = streams
             .values()
-            .map(|(_, _, st)| st.held.iter().map(|c| c.len() as u64).sum::<u64>())
+            .map(|(_, st)| st.held.iter().map(|c| c.len() as u64).sum::<u64>())
             .sum();
-        let streams = opened
+        let streams = streams
             .into_iter()
-            .map(|((tenant, stream_id), (recording_id, layout, state))| {
-                let stream = Arc::new(Stream {
-                    tenant: tenant.clone(),
-                    stream_id: stream_id.clone(),
-                    recording_id,
-                    layout,
-                    generation: AtomicU64::new(0),
-                    state: tokio::sync::Mutex::new(state),
-                });
-                ((tenant, stream_id), stream)
+            .map(|(k, (mut stream, state))| {
+                stream.state = tokio::sync::Mutex::new(state);
+                (k, Arc::new(stream))
             })
-            .collect();
+            .collect::<HashMap<_, _>>();
+        tracing::info!(
+            streams = streams.len(),
+            held_samples = held,
+            owner,
+            "live streams recovered"
+        );
         Ok(Self {
             wal,
+            deps,
+            owner,
+            policy,
             streams: std::sync::Mutex::new(streams),
             creating: tokio::sync::Mutex::new(()),
+            flushing: tokio::sync::Mutex::new(()),
+            flush_soon: tokio::sync::Notify::new(),
+            flushed: tokio::sync::Notify::new(),
             held_samples: AtomicU64::new(held),
-            max_held: MAX_HELD_SAMPLES,
+            max_lsn: AtomicU64::new(max_lsn),
         })
+    }
+
+    /// This node's id, as the catalog's live streams name their owner.
+    pub fn owner(&self) -> &str {
+        &self.owner
     }
 
     fn get(&self, tenant: &str, stream_id: &str) -> Option<Arc<Stream>> {
@@ -495,13 +624,24 @@ impl Live {
             .cloned()
     }
 
+    fn snapshot(&self) -> Vec<Arc<Stream>> {
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Opens a stream, or resumes it. A resumed stream must be opened with the layout it was
-    /// first opened with (or none).
+    /// first opened with (or none). A new stream's recording is committed to the catalog
+    /// first, from `recording` (given the new recording id and the checked layout).
     pub async fn open_stream(
         &self,
         tenant: &str,
         stream_id: &str,
         layout: Option<Layout>,
+        recording: impl FnOnce(&str, &Layout) -> NewRecording,
     ) -> Result<(Session, Position)> {
         check_stream_id(stream_id)?;
         let layout = layout.map(Layout::checked).transpose()?;
@@ -512,54 +652,109 @@ impl Live {
         if let Some(stream) = self.get(tenant, stream_id) {
             return Self::resume(stream, layout.as_ref()).await;
         }
-        let layout = layout.ok_or_else(|| {
-            Error::invalid(
-                "open.layout",
-                "required when a stream is opened the first time",
-            )
-        })?;
-        let recording_id = uuid::Uuid::new_v4().to_string();
-        let record = Record {
-            kind: Some(record::Kind::Open(OpenRecord {
-                key: Some(StreamKey {
+        let existing = match self.deps.catalog.live_stream(tenant, stream_id).await? {
+            Some(row) => Some(row),
+            None => {
+                let layout = layout.clone().ok_or_else(|| {
+                    Error::invalid(
+                        "open.layout",
+                        "required when a stream is opened the first time",
+                    )
+                })?;
+                let recording_id = uuid::Uuid::new_v4().to_string();
+                let rec = recording(&recording_id, &layout);
+                let row = LiveStreamRow {
                     tenant: tenant.to_string(),
                     stream_id: stream_id.to_string(),
-                }),
-                recording_id: recording_id.clone(),
-                layout: Some(layout.clone()),
-            })),
+                    recording_id: recording_id.clone(),
+                    owner: self.owner.clone(),
+                    layout_hex: hex::encode(layout.encode_to_vec()),
+                    flushed_seq: 0,
+                    flushed_samples: 0,
+                    closed: false,
+                    created_ns: self.deps.clock.now_ns(),
+                };
+                match self.deps.catalog.create_live_stream(&rec, &row).await? {
+                    LiveOpen::Created => {
+                        let width = layout.channels.len();
+                        let stream = Arc::new(Stream {
+                            tenant: tenant.to_string(),
+                            stream_id: stream_id.to_string(),
+                            recording_id,
+                            layout,
+                            generation: AtomicU64::new(1),
+                            state: tokio::sync::Mutex::new(State::empty(width)),
+                        });
+                        self.insert(&stream);
+                        tracing::info!(
+                            tenant,
+                            recording_id = %stream.recording_id,
+                            channels = width,
+                            "live stream created"
+                        );
+                        let position = Position {
+                            last_seq: 0,
+                            samples: 0,
+                        };
+                        return Ok((
+                            Session {
+                                stream,
+                                generation: 1,
+                            },
+                            position,
+                        ));
+                    }
+                    LiveOpen::Existing(row) => Some(row),
+                }
+            }
         };
-        self.wal
-            .append(Bytes::from(record.encode_to_vec()))
-            .await
-            .map_err(|e| Error::Internal(format!("live streams: {e}")))?;
-        let width = layout.channels.len();
+        let Some(row) = existing else {
+            return Err(Error::Internal("live stream lookup".into()));
+        };
+        if row.closed {
+            return Err(Error::precondition(
+                "open.stream_id",
+                format!("stream {stream_id} is closed"),
+            ));
+        }
+        if row.owner != self.owner {
+            return Err(Error::precondition(
+                "open.stream_id",
+                format!(
+                    "stream {stream_id} is taken by another ingest node ({}); open it there",
+                    row.owner
+                ),
+            ));
+        }
+        // Ours and open, but not held: committed by an open whose node restarted between the
+        // commit and now. Its chunks, if any, were replayed at start; none can be missing.
+        let layout_stored = layout_from_hex(&row.layout_hex)?;
+        let mut state = State::empty(layout_stored.channels.len());
+        state.position = Position {
+            last_seq: row.flushed_seq as u64,
+            samples: row.flushed_samples as u64,
+        };
+        state.held_from = row.flushed_samples as u64;
         let stream = Arc::new(Stream {
             tenant: tenant.to_string(),
             stream_id: stream_id.to_string(),
-            recording_id,
-            layout,
-            generation: AtomicU64::new(1),
-            state: tokio::sync::Mutex::new(State::empty(width)),
+            recording_id: row.recording_id,
+            layout: layout_stored,
+            generation: AtomicU64::new(0),
+            state: tokio::sync::Mutex::new(state),
         });
+        self.insert(&stream);
+        Self::resume(stream, layout.as_ref()).await
+    }
+
+    fn insert(&self, stream: &Arc<Stream>) {
         self.streams
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(
-                (tenant.to_string(), stream_id.to_string()),
-                Arc::clone(&stream),
+                (stream.tenant.clone(), stream.stream_id.clone()),
+                Arc::clone(stream),
             );
-        let position = Position {
-            last_seq: 0,
-            samples: 0,
-        };
-        Ok((
-            Session {
-                stream,
-                generation: 1,
-            },
-            position,
-        ))
     }
 
     async fn resume(stream: Arc<Stream>, layout: Option<&Layout>) -> Result<(Session, Position)> {
@@ -584,9 +779,38 @@ impl Live {
         Ok((Session { stream, generation }, position))
     }
 
+    /// Waits until the node holds room for `adding` more samples: flushes make room, so a
+    /// slow store slows acks down. Past `policy.room_wait` the chunk is refused.
+    async fn room(&self, adding: u64) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.policy.room_wait;
+        loop {
+            let flushed = self.flushed.notified();
+            if self.held_samples.load(Ordering::Acquire) + adding <= self.policy.max_held {
+                return Ok(());
+            }
+            self.flush_soon.notify_one();
+            if tokio::time::timeout_at(deadline, flushed).await.is_err() {
+                return Err(Error::too_large(
+                    "chunk",
+                    format!(
+                        "this node holds {} samples of live streams not yet stored, the most it \
+                         holds, and flushes have not made room; retry later",
+                        self.policy.max_held
+                    ),
+                ));
+            }
+        }
+    }
+
     /// Stores one chunk and acknowledges it once it is durable.
     pub async fn append(&self, session: &Session, seq: u64, samples: Samples) -> Result<Ack> {
         let stream = &session.stream;
+        if seq == 0 {
+            return Err(Error::invalid("chunk.seq", "chunks are numbered from 1"));
+        }
+        let (n, values) = samples.digital(&stream.layout)?;
+        let adding = values.len() as u64;
+        self.room(adding).await?;
         let mut state = stream.state.lock().await;
         if stream.generation.load(Ordering::Acquire) != session.generation {
             return Err(Error::Conflict(format!(
@@ -598,9 +822,6 @@ impl Live {
             return Err(Error::precondition("chunk", "the stream is closed"));
         }
         let last = state.position.last_seq;
-        if seq == 0 {
-            return Err(Error::invalid("chunk.seq", "chunks are numbered from 1"));
-        }
         if seq <= last {
             return Ok(Ack {
                 seq,
@@ -616,18 +837,6 @@ impl Live {
                     last + 1,
                     seq - 1,
                     last + 1
-                ),
-            ));
-        }
-        let (n, values) = samples.digital(&stream.layout)?;
-        let adding = values.len() as u64;
-        if self.held_samples.load(Ordering::Acquire) + adding > self.max_held {
-            return Err(Error::too_large(
-                "chunk",
-                format!(
-                    "this node holds {} samples of live streams not yet flushed, the most it \
-                     holds; retry later",
-                    self.max_held
                 ),
             ));
         }
@@ -649,12 +858,18 @@ impl Live {
             kind: Some(record::Kind::Chunk(chunk.clone())),
         }
         .encode_to_vec();
-        self.wal
+        let lsn = self
+            .wal
             .append(Bytes::from(payload))
             .await
-            .map_err(|e| Error::Internal(format!("live streams: {e}")))?;
-        state.apply(&chunk);
+            .map_err(wal_error)?;
+        self.max_lsn.fetch_max(lsn, Ordering::AcqRel);
+        state.push(&values, n, seq, lsn);
         self.held_samples.fetch_add(adding, Ordering::AcqRel);
+        let held_values = (state.position.samples - state.held_from) * state.held.len() as u64;
+        if held_values >= self.policy.stream_values {
+            self.flush_soon.notify_one();
+        }
         Ok(Ack {
             seq,
             samples: state.position.samples,
@@ -662,7 +877,8 @@ impl Live {
         })
     }
 
-    /// Ends the stream: no chunk is taken after this.
+    /// Ends the stream: no chunk is taken after this. What it holds is stored by the next
+    /// flush, which marks it closed in the catalog.
     pub async fn close(&self, session: &Session) -> Result<Position> {
         let stream = &session.stream;
         let mut state = stream.state.lock().await;
@@ -679,21 +895,188 @@ impl Live {
                     stream_id: stream.stream_id.clone(),
                 })),
             };
-            self.wal
+            let lsn = self
+                .wal
                 .append(Bytes::from(record.encode_to_vec()))
                 .await
-                .map_err(|e| Error::Internal(format!("live streams: {e}")))?;
+                .map_err(wal_error)?;
+            self.max_lsn.fetch_max(lsn, Ordering::AcqRel);
+            // The close record stays in the log until the catalog says closed.
+            let end = state.position.samples;
+            state.chunks.push_back((lsn, end));
             state.closed = true;
+            self.flush_soon.notify_one();
         }
         Ok(state.position)
     }
 
-    /// The samples held for a stream, per channel, from sample `from` (for flushing and for
-    /// queries of the live tail).
+    /// The samples held for a stream, per channel, from sample `from` (not yet in Parquet).
     pub async fn held(&self, tenant: &str, stream_id: &str) -> Option<(u64, Vec<Vec<i32>>)> {
         let stream = self.get(tenant, stream_id)?;
         let state = stream.state.lock().await;
         Some((state.held_from, state.held.clone()))
+    }
+
+    /// Flushes every stream's held samples to Parquet and commits them, then releases the
+    /// log records no stream needs. A stream whose flush fails keeps its samples (and its
+    /// log records) for the next pass.
+    pub async fn flush(&self) -> FlushReport {
+        let _one = self.flushing.lock().await;
+        // Records written before this are either in a stream scanned below or stored.
+        let floor = self.max_lsn.load(Ordering::Acquire);
+        let mut report = FlushReport::default();
+        let mut pinned = u64::MAX;
+        for stream in self.snapshot() {
+            match self.flush_stream(&stream).await {
+                Ok((samples, closed)) => {
+                    if samples > 0 {
+                        report.streams += 1;
+                        report.samples += samples;
+                    }
+                    if closed {
+                        report.closed += 1;
+                    }
+                }
+                Err(e) => {
+                    report.failed += 1;
+                    tracing::warn!(
+                        tenant = %stream.tenant,
+                        recording_id = %stream.recording_id,
+                        error = %e,
+                        "live stream flush failed; its samples stay held for the next pass"
+                    );
+                }
+            }
+            if let Some(&(lsn, _)) = stream.state.lock().await.chunks.front() {
+                pinned = pinned.min(lsn);
+            }
+        }
+        let release = floor.min(pinned.saturating_sub(1));
+        if release > 0 {
+            self.wal.release(release);
+            report.released_lsn = release;
+        }
+        self.flushed.notify_waiters();
+        report
+    }
+
+    /// Flushes one stream: (samples per channel stored, whether it is now closed and done).
+    async fn flush_stream(&self, stream: &Arc<Stream>) -> Result<(u64, bool)> {
+        let (from, last_seq, closed, data) = {
+            let state = stream.state.lock().await;
+            let n = state.position.samples - state.held_from;
+            if n == 0 && !state.closed {
+                return Ok((0, false));
+            }
+            (
+                state.held_from,
+                state.position.last_seq,
+                state.closed,
+                state.held.clone(),
+            )
+        };
+        let n = data.first().map_or(0, |c| c.len() as u64);
+        let end = from + n;
+        let tenant = stream.tenant.as_str();
+        let mut files = Vec::new();
+        let mut write_id = None;
+        if n > 0 {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            let dir = layout::live_flush_dir(tenant, &stream.recording_id, from, &id[..12]);
+            let write = PendingWrite {
+                write_id: format!("live-{id}"),
+                tenant: tenant.to_string(),
+                prefixes: vec![dir.to_string()],
+                created_ns: self.deps.clock.now_ns(),
+            };
+            self.deps.catalog.begin_write(&write).await?;
+            write_id = Some(write.write_id.clone());
+            let encoded = tokio::task::spawn_blocking(move || {
+                data.iter()
+                    .map(|values| {
+                        let mut w = SignalFileWriter::new(SampleWidth::Int32, from, Vec::new())?;
+                        w.push(values)?;
+                        w.finish()
+                    })
+                    .collect::<std::result::Result<Vec<_>, gbrain_storage::Error>>()
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("live flush: {e}")))??;
+            let puts = encoded.into_iter().enumerate().map(|(c, bytes)| {
+                let path = layout::live_flush_part(&dir, c as u32);
+                let store = Arc::clone(&self.deps.store);
+                async move {
+                    let size = bytes.len() as i64;
+                    store
+                        .put(&path, PutPayload::from(bytes))
+                        .await
+                        .map_err(gbrain_storage::Error::from)?;
+                    Ok::<_, Error>(DataFileRow {
+                        path: path.to_string(),
+                        kind: FileKind::Signal,
+                        channel_index: Some(c as i64),
+                        first_row: from as i64,
+                        num_rows: n as i64,
+                        size_bytes: size,
+                    })
+                }
+            });
+            let written: Vec<Result<DataFileRow>> =
+                futures::stream::iter(puts).buffered(8).collect().await;
+            for f in written {
+                files.push(f?);
+            }
+        }
+        let flush = LiveFlush {
+            tenant: tenant.to_string(),
+            stream_id: stream.stream_id.clone(),
+            recording_id: stream.recording_id.clone(),
+            files,
+            flushed_seq: last_seq as i64,
+            flushed_samples: end as i64,
+            duration_s: end as f64 / stream.layout.sample_rate,
+            closed,
+            write_id,
+        };
+        if !self.deps.catalog.commit_live_flush(&flush).await? {
+            return Err(Error::Internal(format!(
+                "the catalog holds stream {} past sample {end}; not stored again",
+                stream.stream_id
+            )));
+        }
+        let mut state = stream.state.lock().await;
+        state.drain(end);
+        self.held_samples
+            .fetch_sub(n * state.held.len() as u64, Ordering::AcqRel);
+        let done = closed && state.position.samples == end;
+        if done {
+            state.chunks.clear();
+            drop(state);
+            let mut map = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+            let key = (stream.tenant.clone(), stream.stream_id.clone());
+            if map.get(&key).is_some_and(|s| Arc::ptr_eq(s, stream)) {
+                map.remove(&key);
+            }
+        }
+        Ok((n, done))
+    }
+
+    /// Flushes every `policy.interval`, or sooner when a stream holds much, until `shutdown`;
+    /// then once more.
+    pub async fn run_flusher(&self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(self.policy.interval) => {}
+                () = self.flush_soon.notified() => {}
+            }
+            let report = self.flush().await;
+            if report.streams > 0 || report.closed > 0 || report.failed > 0 {
+                tracing::debug!(?report, "live streams flushed");
+            }
+        }
+        let report = self.flush().await;
+        tracing::info!(?report, "live streams flushed at shutdown");
     }
 }
 
@@ -707,25 +1090,63 @@ impl State {
             closed: false,
             held: vec![Vec::new(); width],
             held_from: 0,
+            chunks: VecDeque::new(),
         }
     }
 
-    /// Applies a logged chunk (from an append, or from replay).
-    fn apply(&mut self, c: &ChunkRecord) {
-        if c.seq <= self.position.last_seq {
-            return;
-        }
+    /// Holds an acknowledged chunk of `n` samples (sample-major `values`), logged at `lsn`.
+    fn push(&mut self, values: &[i32], n: usize, seq: u64, lsn: u64) {
         let width = self.held.len().max(1);
-        for (i, v) in c.values.chunks_exact(4).enumerate() {
-            let x = i32::from_le_bytes([v[0], v[1], v[2], v[3]]);
-            if let Some(ch) = self.held.get_mut(i % width) {
-                ch.push(x);
-            }
+        for (c, ch) in self.held.iter_mut().enumerate() {
+            ch.reserve(n);
+            ch.extend(values.iter().skip(c).step_by(width));
         }
         self.position = Position {
-            last_seq: c.seq,
-            samples: c.first_sample + u64::from(c.samples),
+            last_seq: seq,
+            samples: self.position.samples + n as u64,
         };
+        self.chunks.push_back((lsn, self.position.samples));
+    }
+
+    /// Applies a logged chunk at start: chunks already stored are skipped; the rest must
+    /// follow on exactly.
+    fn replay(&mut self, c: &ChunkRecord, lsn: u64) -> Result<()> {
+        if c.seq <= self.position.last_seq {
+            return Ok(());
+        }
+        if c.seq != self.position.last_seq + 1 || c.first_sample != self.position.samples {
+            return Err(Error::Internal(format!(
+                "live streams: log record {lsn} holds chunk {} from sample {} where chunk {} \
+                 from sample {} was due",
+                c.seq,
+                c.first_sample,
+                self.position.last_seq + 1,
+                self.position.samples
+            )));
+        }
+        let values: Vec<i32> = c
+            .values
+            .chunks_exact(4)
+            .map(|v| i32::from_le_bytes([v[0], v[1], v[2], v[3]]))
+            .collect();
+        self.push(&values, c.samples as usize, c.seq, lsn);
+        Ok(())
+    }
+
+    /// Forgets the held samples before `end`, now stored.
+    fn drain(&mut self, end: u64) {
+        let n = (end.saturating_sub(self.held_from)) as usize;
+        for ch in &mut self.held {
+            ch.drain(..n.min(ch.len()));
+        }
+        self.held_from = self.held_from.max(end);
+        while self
+            .chunks
+            .front()
+            .is_some_and(|&(_, chunk_end)| chunk_end <= end && !self.closed)
+        {
+            self.chunks.pop_front();
+        }
     }
 }
 
@@ -756,15 +1177,119 @@ mod tests {
         )
     }
 
-    fn open(dir: &std::path::Path) -> Live {
-        Live::open(WalConfig::new(dir)).unwrap()
+    /// A node's live streams over a SQLite catalog and an in-memory store in `dir`.
+    struct Node {
+        live: Live,
+        catalog: Catalog,
+    }
+
+    async fn catalog(dir: &std::path::Path) -> Catalog {
+        Catalog::connect(&format!("sqlite://{}/catalog.db", dir.display()))
+            .await
+            .unwrap()
+    }
+
+    async fn node_with(
+        dir: &std::path::Path,
+        store: Arc<dyn ObjectStore>,
+        policy: FlushPolicy,
+    ) -> Node {
+        let catalog = catalog(dir).await;
+        let live = Live::open(
+            WalConfig::new(dir.join("wal")),
+            LiveDeps {
+                catalog: catalog.clone(),
+                store: Arc::clone(&store),
+                clock: Arc::new(gbrain_common::clock::SystemClock),
+            },
+            policy,
+        )
+        .await
+        .unwrap();
+        Node { live, catalog }
+    }
+
+    async fn open(dir: &std::path::Path) -> Live {
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap());
+        node_with(dir, store, FlushPolicy::default()).await.live
+    }
+
+    /// A recording row as the gRPC handler builds one (the fields the catalog needs).
+    fn recording(tenant: &str) -> impl FnOnce(&str, &Layout) -> NewRecording + use<> {
+        let tenant = tenant.to_string();
+        move |id: &str, layout: &Layout| NewRecording {
+            row: gbrain_catalog::RecordingRow {
+                tenant,
+                recording_id: id.into(),
+                source_sha256: format!("live-{id}"),
+                subject_pseudonym: "gb-test".into(),
+                session: None,
+                task: None,
+                run: None,
+                acquisition: None,
+                datatype: None,
+                format: "LIVE".into(),
+                start_time_ns: None,
+                duration_s: 0.0,
+                record_duration_s: 1.0 / layout.sample_rate,
+                record_duration_text: String::new(),
+                num_records: 0,
+                source_bytes: 0,
+                stored_bytes: 0,
+                sex: None,
+                age_years: None,
+                num_signals: layout.channels.len() as i64,
+                num_annotation_signals: 0,
+                num_samples: 0,
+                num_events: 0,
+                patient_field: String::new(),
+                recording_field: String::new(),
+                warnings: Vec::new(),
+                sidecar_json: None,
+                ingested_ns: 0,
+            },
+            channels: layout
+                .channels
+                .iter()
+                .enumerate()
+                .map(|(i, c)| gbrain_catalog::ChannelRow {
+                    channel_index: i as i64,
+                    label: c.label.clone(),
+                    channel_type: c.kind.clone(),
+                    unit: c.unit.clone(),
+                    transducer: String::new(),
+                    prefiltering: String::new(),
+                    reserved: String::new(),
+                    sample_rate: layout.sample_rate,
+                    samples_per_record: 1,
+                    physical_min: 0.0,
+                    physical_max: 0.0,
+                    physical_min_text: String::new(),
+                    physical_max_text: String::new(),
+                    digital_min: 0,
+                    digital_max: 0,
+                    gain: c.resolution,
+                    offset: 0.0,
+                    num_samples: 0,
+                    is_annotation: false,
+                })
+                .collect(),
+            segments: Vec::new(),
+            files: Vec::new(),
+            upload_id: None,
+            write_id: String::new(),
+        }
     }
 
     #[tokio::test]
     async fn chunks_are_acknowledged_once_and_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let live = open(dir.path());
-        let (s, pos) = live.open_stream("t", "s1", Some(layout())).await.unwrap();
+        let live = open(dir.path()).await;
+        let (s, pos) = live
+            .open_stream("t", "s1", Some(layout()), recording("t"))
+            .await
+            .unwrap();
         assert_eq!(
             pos,
             Position {
@@ -801,19 +1326,28 @@ mod tests {
     #[tokio::test]
     async fn bad_chunks_and_layouts_name_the_field() {
         let dir = tempfile::tempdir().unwrap();
-        let live = open(dir.path());
+        let live = open(dir.path()).await;
         let mut bad = layout();
         bad.channels[2].label = "C3".into();
-        let e = live.open_stream("t", "s", Some(bad)).await.unwrap_err();
+        let e = live
+            .open_stream("t", "s", Some(bad), recording("t"))
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("layout.channels[2].label"), "{e}");
-        let e = live.open_stream("t", "s", None).await.unwrap_err();
+        let e = live
+            .open_stream("t", "s", None, recording("t"))
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("open.layout"), "{e}");
         let e = live
-            .open_stream("t", "a/b", Some(layout()))
+            .open_stream("t", "a/b", Some(layout()), recording("t"))
             .await
             .unwrap_err();
         assert!(e.to_string().contains("open.stream_id"), "{e}");
-        let (s, _) = live.open_stream("t", "s", Some(layout())).await.unwrap();
+        let (s, _) = live
+            .open_stream("t", "s", Some(layout()), recording("t"))
+            .await
+            .unwrap();
         // Seven values for three channels.
         let e = live
             .append(&s, 1, Samples::Physical(vec![0.0; 7]))
@@ -833,37 +1367,187 @@ mod tests {
         assert_eq!(ack.samples, 2);
         let mut other = layout();
         other.sample_rate = 500.0;
-        let e = live.open_stream("t", "s", Some(other)).await.unwrap_err();
+        let e = live
+            .open_stream("t", "s", Some(other), recording("t"))
+            .await
+            .unwrap_err();
         assert!(matches!(e, Error::FailedPrecondition { .. }), "{e}");
     }
 
     #[tokio::test]
-    async fn held_samples_are_bounded() {
+    async fn held_samples_are_bounded_and_flushes_make_room() {
         let dir = tempfile::tempdir().unwrap();
-        let mut live = open(dir.path());
-        live.max_held = 3 * 30;
-        let (s, _) = live.open_stream("t", "s", Some(layout())).await.unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let policy = FlushPolicy {
+            interval: Duration::from_secs(3600),
+            stream_values: u64::MAX,
+            max_held: 3 * 30,
+            room_wait: Duration::from_millis(100),
+        };
+        let node = node_with(dir.path(), Arc::clone(&store), policy).await;
+        let live = Arc::new(node.live);
+        let (s, _) = live
+            .open_stream("t", "s", Some(layout()), recording("t"))
+            .await
+            .unwrap();
         live.append(&s, 1, chunk(1, 20)).await.unwrap();
+        // No flush comes: the chunk waits, then is refused and not stored.
         let e = live.append(&s, 2, chunk(2, 20)).await.unwrap_err();
         assert!(matches!(e, Error::TooLarge { .. }), "{e}");
-        // Refused, not stored: the same number fits once it is small enough.
         let ack = live.append(&s, 2, chunk(2, 10)).await.unwrap();
         assert_eq!((ack.seq, ack.samples), (2, 30));
+        // A chunk waiting for room is taken once a flush makes it.
+        let waiting = {
+            let (live, s) = (Arc::clone(&live), s.clone());
+            tokio::spawn(async move { live.append(&s, 3, chunk(3, 20)).await })
+        };
+        tokio::task::yield_now().await;
+        let report = live.flush().await;
+        assert_eq!((report.streams, report.samples, report.failed), (1, 30, 0));
+        let ack = waiting.await.unwrap().unwrap();
+        assert_eq!((ack.seq, ack.samples), (3, 50));
         drop(live);
-        // The count comes back with the replayed samples.
-        let mut live = open(dir.path());
-        live.max_held = 3 * 30;
-        let (s, _) = live.open_stream("t", "s", None).await.unwrap();
-        assert!(live.append(&s, 3, chunk(3, 1)).await.is_err());
+        // The count comes back with the replayed samples: 20 held, room for 10 more.
+        let node = node_with(dir.path(), store, policy).await;
+        let (s, pos) = node
+            .live
+            .open_stream("t", "s", None, recording("t"))
+            .await
+            .unwrap();
+        assert_eq!(pos.last_seq, 3);
+        assert_eq!(node.live.held("t", "s").await.unwrap().0, 30);
+        assert!(node.live.append(&s, 4, chunk(4, 11)).await.is_err());
+        node.live.append(&s, 4, chunk(4, 10)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn flushes_store_samples_once_and_release_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let policy = FlushPolicy {
+            interval: Duration::from_secs(3600),
+            ..FlushPolicy::default()
+        };
+        let mut sent: Vec<Vec<i32>> = vec![Vec::new(); 3];
+        let recording_id;
+        {
+            let node = node_with(dir.path(), Arc::clone(&store), policy).await;
+            let live = &node.live;
+            let (s, _) = live
+                .open_stream("t", "s", Some(layout()), recording("t"))
+                .await
+                .unwrap();
+            recording_id = s.stream.recording_id.clone();
+            for seq in 1..=4 {
+                live.append(&s, seq, chunk(seq, 25)).await.unwrap();
+            }
+            let report = live.flush().await;
+            assert_eq!((report.streams, report.samples), (1, 100));
+            assert!(report.released_lsn >= 4, "{report:?}");
+            assert_eq!(
+                live.held("t", "s").await.unwrap(),
+                (100, vec![Vec::new(); 3])
+            );
+            // Nothing new: a pass stores nothing.
+            assert_eq!(live.flush().await.samples, 0);
+            for seq in 5..=6 {
+                live.append(&s, seq, chunk(seq, 25)).await.unwrap();
+            }
+            let (_, held) = live.held("t", "s").await.unwrap();
+            for (c, v) in held.iter().enumerate() {
+                assert_eq!(v.len(), 50);
+                sent[c].extend(v);
+            }
+            // A crash here: chunks 5 and 6 are only in the log.
+        }
+        let node = node_with(dir.path(), Arc::clone(&store), policy).await;
+        let (s, pos) = node
+            .live
+            .open_stream("t", "s", None, recording("t"))
+            .await
+            .unwrap();
+        assert_eq!(
+            pos,
+            Position {
+                last_seq: 6,
+                samples: 150
+            }
+        );
+        let (from, held) = node.live.held("t", "s").await.unwrap();
+        assert_eq!(from, 100, "flushed chunks are not replayed");
+        for (c, v) in held.iter().enumerate() {
+            assert_eq!(v, &sent[c], "channel {c}, sample by sample");
+        }
+        node.live.close(&s).await.unwrap();
+        let report = node.live.flush().await;
+        assert_eq!((report.samples, report.closed), (50, 1));
+        assert!(
+            node.live.held("t", "s").await.is_none(),
+            "closed and stored"
+        );
+        let stored = node.catalog.live_stream("t", "s").await.unwrap().unwrap();
+        assert!(stored.closed);
+        assert_eq!((stored.flushed_seq, stored.flushed_samples), (6, 150));
+
+        // The files hold every sample once, in order.
+        let files = node
+            .catalog
+            .files("t", &recording_id, FileKind::Signal)
+            .await
+            .unwrap();
+        assert_eq!(files.len(), 2 * 3);
+        for c in 0..3i64 {
+            let mut values = Vec::new();
+            let mut next = 0u64;
+            for f in files.iter().filter(|f| f.channel_index == Some(c)) {
+                let bytes = store
+                    .get(&f.path.as_str().into())
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap();
+                let (first, v) = gbrain_storage::signal::read_signal_file(bytes, &f.path).unwrap();
+                assert_eq!(first, next);
+                next += v.len() as u64;
+                values.extend(v);
+            }
+            assert_eq!(values.len(), 150);
+            assert_eq!(&values[100..], &sent[c as usize][..]);
+            // Chunk 1's first sample of this channel: (1000 + c) * 0.5 uV in nV steps.
+            assert_eq!(values[0], ((1000 + c) * 500) as i32);
+        }
+        let r = node
+            .catalog
+            .get_recording("t", &recording_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.num_samples, 150 * 3);
+        // Closed: a reopen is refused, after a restart too.
+        drop(node);
+        let node = node_with(dir.path(), store, policy).await;
+        let e = node
+            .live
+            .open_stream("t", "s", None, recording("t"))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("closed"), "{e}");
     }
 
     #[tokio::test]
     async fn a_reopen_resumes_and_supersedes_the_old_connection() {
         let dir = tempfile::tempdir().unwrap();
-        let live = open(dir.path());
-        let (old, _) = live.open_stream("t", "s", Some(layout())).await.unwrap();
+        let live = open(dir.path()).await;
+        let (old, _) = live
+            .open_stream("t", "s", Some(layout()), recording("t"))
+            .await
+            .unwrap();
         live.append(&old, 1, chunk(1, 10)).await.unwrap();
-        let (new, pos) = live.open_stream("t", "s", None).await.unwrap();
+        let (new, pos) = live
+            .open_stream("t", "s", None, recording("t"))
+            .await
+            .unwrap();
         assert_eq!(
             pos,
             Position {
@@ -875,7 +1559,10 @@ mod tests {
         assert!(matches!(e, Error::Conflict(_)), "{e}");
         live.append(&new, 2, chunk(2, 10)).await.unwrap();
         // Tenants are apart: the same id elsewhere is another stream.
-        let (_, other) = live.open_stream("u", "s", Some(layout())).await.unwrap();
+        let (_, other) = live
+            .open_stream("u", "s", Some(layout()), recording("u"))
+            .await
+            .unwrap();
         assert_eq!(other.last_seq, 0);
     }
 
@@ -884,8 +1571,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let recording_id;
         {
-            let live = open(dir.path());
-            let (s, _) = live.open_stream("t", "s", Some(layout())).await.unwrap();
+            let live = open(dir.path()).await;
+            let (s, _) = live
+                .open_stream("t", "s", Some(layout()), recording("t"))
+                .await
+                .unwrap();
             recording_id = s.stream.recording_id.clone();
             for seq in 1..=5 {
                 live.append(&s, seq, chunk(seq, 20)).await.unwrap();
@@ -893,8 +1583,11 @@ mod tests {
             live.append(&s, 3, chunk(3, 20)).await.unwrap();
             let (_, held) = live.held("t", "s").await.unwrap();
             drop(live);
-            let live = open(dir.path());
-            let (s2, pos) = live.open_stream("t", "s", None).await.unwrap();
+            let live = open(dir.path()).await;
+            let (s2, pos) = live
+                .open_stream("t", "s", None, recording("t"))
+                .await
+                .unwrap();
             assert_eq!(
                 pos,
                 Position {
@@ -911,8 +1604,11 @@ mod tests {
             live.append(&s2, 6, chunk(6, 20)).await.unwrap();
             live.close(&s2).await.unwrap();
         }
-        let live = open(dir.path());
-        let e = live.open_stream("t", "s", None).await.unwrap_err();
+        let live = open(dir.path()).await;
+        let e = live
+            .open_stream("t", "s", None, recording("t"))
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("closed"), "{e}");
         assert_eq!(live.held("t", "s").await.unwrap().1[0].len(), 120);
     }

@@ -94,6 +94,9 @@ impl ChannelInfo {
     }
 }
 
+/// The format of a live stream's recording.
+pub const LIVE_FORMAT: &str = "LIVE";
+
 /// Event files of a view read into memory when they total less than this.
 pub const EVENTS_IN_MEMORY_BYTES: u64 = 64 << 20;
 
@@ -121,7 +124,8 @@ pub struct QueryView {
 }
 
 impl QueryView {
-    pub fn new(view: TenantView) -> Self {
+    pub fn new(mut view: TenantView) -> Self {
+        count_live_samples(&mut view);
         let recording_index: HashMap<String, usize> = view
             .recordings
             .iter()
@@ -204,6 +208,62 @@ impl QueryView {
         self.channels
             .iter()
             .filter(move |c| c.recording == recording)
+    }
+}
+
+/// A live recording grows with each flush, and its rows count what the catalog holds now;
+/// a view counts what its files, as of its commit, hold.
+fn count_live_samples(view: &mut TenantView) {
+    let live: std::collections::HashSet<String> = view
+        .recordings
+        .iter()
+        .filter(|r| r.format == LIVE_FORMAT)
+        .map(|r| r.recording_id.clone())
+        .collect();
+    if live.is_empty() {
+        return;
+    }
+    let mut held: HashMap<(&str, i64), i64> = HashMap::new();
+    for (rec, f) in &view.files {
+        if let (FileKind::Signal, Some(ch)) = (f.kind, f.channel_index)
+            && live.contains(rec)
+        {
+            let end = held.entry((rec.as_str(), ch)).or_default();
+            *end = (*end).max(f.first_row + f.num_rows);
+        }
+    }
+    let mut totals: HashMap<String, (i64, f64)> = HashMap::new();
+    let held: HashMap<(String, i64), i64> = held
+        .into_iter()
+        .map(|((r, c), n)| ((r.to_string(), c), n))
+        .collect();
+    for (rec, c) in view.channels.iter_mut() {
+        if !live.contains(rec) {
+            continue;
+        }
+        c.num_samples = held
+            .get(&(rec.clone(), c.channel_index))
+            .copied()
+            .unwrap_or(0);
+        let t = totals.entry(rec.clone()).or_default();
+        t.0 += c.num_samples;
+        if c.sample_rate > 0.0 {
+            t.1 = t.1.max(c.num_samples as f64 / c.sample_rate);
+        }
+    }
+    for r in view.recordings.iter_mut() {
+        if let Some((samples, duration)) = totals.get(&r.recording_id) {
+            r.num_samples = *samples;
+            r.duration_s = *duration;
+            r.num_records = (duration / r.record_duration_s.max(f64::MIN_POSITIVE)).round() as i64;
+        }
+    }
+    for (rec, s) in view.segments.iter_mut() {
+        if let Some(r) = view.recordings.iter().find(|r| &r.recording_id == rec)
+            && live.contains(rec)
+        {
+            s.num_records = r.num_records;
+        }
     }
 }
 
