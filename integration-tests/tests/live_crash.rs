@@ -251,7 +251,11 @@ async fn a_killed_server_resumes_the_stream_with_every_sample_once() {
     for row in 0..batch.num_rows() {
         let (c, n) = (row / total, row % total);
         assert_eq!(channel.value(row), c as i64);
-        assert_eq!(index.value(row), n as i64, "channel {c}: no gap, no duplicate");
+        assert_eq!(
+            index.value(row),
+            n as i64,
+            "channel {c}: no gap, no duplicate"
+        );
         let (seq, s) = (n / SAMPLES + 1, n % SAMPLES);
         let want = f64::from(values(seq as u64)[s * CHANNELS + c]);
         assert_eq!(value.value(row), want, "channel {c} sample {n}");

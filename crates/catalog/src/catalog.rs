@@ -460,7 +460,7 @@ impl Catalog {
     ) -> Result<Vec<DataFileRow>> {
         let rows = sqlx::query(
             "SELECT path, kind, channel_index, first_row, num_rows, size_bytes FROM data_files \
-             WHERE tenant = $1 AND recording_id = $2 AND kind = $3 \
+             WHERE tenant = $1 AND recording_id = $2 AND kind = $3 AND removed_seq IS NULL \
              ORDER BY channel_index, first_row, path",
         )
         .bind(tenant)
@@ -732,6 +732,7 @@ impl Catalog {
         let files = sqlx::query(
             "SELECT recording_id, path, kind, channel_index, first_row, num_rows, size_bytes \
              FROM data_files WHERE tenant = $1 AND commit_seq <= $2 \
+             AND (removed_seq IS NULL OR removed_seq > $2) \
              ORDER BY recording_id, kind, channel_index, first_row, path",
         )
         .bind(tenant)
@@ -880,6 +881,97 @@ impl Catalog {
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Replaces files of a recording with others holding the same rows (a compaction), in
+    /// one commit: views from this commit on read `added`, earlier ones (snapshots) still read
+    /// `removed` until [`Catalog::removed_files`] lets them go. The pending write that listed
+    /// `added` is cleared. Fails, changing nothing, when a removed file is not current.
+    pub async fn replace_files(
+        &self,
+        tenant: &str,
+        recording_id: &str,
+        removed: &[DataFileRow],
+        added: &[DataFileRow],
+        write_id: &str,
+        now_ns: i64,
+    ) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let cleared = sqlx::query("DELETE FROM pending_writes WHERE write_id = $1")
+            .bind(write_id)
+            .execute(&mut *tx)
+            .await?;
+        if cleared.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Err(Error::WriteCollected(write_id.to_string()));
+        }
+        let seq = next_seq(&mut tx).await?;
+        for f in removed {
+            let path = &f.path;
+            let done = sqlx::query(
+                "UPDATE data_files SET removed_seq = $1, removed_ns = $2 WHERE tenant = $3 \
+                 AND recording_id = $4 AND path = $5 AND removed_seq IS NULL",
+            )
+            .bind(seq)
+            .bind(now_ns)
+            .bind(tenant)
+            .bind(recording_id)
+            .bind(path)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Err(Error::Corrupt(format!(
+                    "file {path} of recording {recording_id} is not current; nothing replaced"
+                )));
+            }
+        }
+        for f in added {
+            insert_file(&mut tx, tenant, recording_id, f, seq).await?;
+        }
+        let delta: i64 = added.iter().map(|f| f.size_bytes).sum::<i64>()
+            - removed.iter().map(|f| f.size_bytes).sum::<i64>();
+        sqlx::query(
+            "UPDATE recordings SET stored_bytes = stored_bytes + $1 WHERE tenant = $2 \
+             AND recording_id = $3",
+        )
+        .bind(delta)
+        .bind(tenant)
+        .bind(recording_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    /// Files replaced before `before_ns` that no snapshot reads: (tenant, path), at most
+    /// `limit`.
+    pub async fn removed_files(&self, before_ns: i64, limit: i64) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT f.tenant, f.path FROM data_files f WHERE f.removed_ns IS NOT NULL \
+             AND f.removed_ns < $1 AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE \
+             s.tenant = f.tenant AND s.seq >= f.commit_seq AND s.seq < f.removed_seq) \
+             ORDER BY f.removed_ns LIMIT $2",
+        )
+        .bind(before_ns)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("tenant")?, r.try_get("path")?)))
+            .collect()
+    }
+
+    /// Forgets a replaced file whose object is deleted.
+    pub async fn forget_file(&self, tenant: &str, path: &str) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM data_files WHERE tenant = $1 AND path = $2 AND removed_seq IS NOT NULL",
+        )
+        .bind(tenant)
+        .bind(path)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Closes the pool.

@@ -193,6 +193,10 @@ pub(crate) fn migrations(dialect: Dialect) -> Vec<Vec<String>> {
         .to_string(),
         "CREATE INDEX IF NOT EXISTS live_streams_by_owner ON live_streams (owner, closed)"
             .to_string(),
+        // Files replaced by a compaction: invisible from `removed_seq` on, deleted once no
+        // snapshot reads them.
+        "ALTER TABLE data_files ADD COLUMN removed_seq BIGINT".to_string(),
+        "ALTER TABLE data_files ADD COLUMN removed_ns BIGINT".to_string(),
     ];
     vec![v1.to_vec(), v2.to_vec(), v3.to_vec()]
 }

@@ -614,3 +614,75 @@ async fn live_streams_commit_their_flushes_once(c: &Catalog) {
     assert!(c.live_stream("a", "s1").await.unwrap().unwrap().closed);
 }
 both!(live_streams_commit_their_flushes_once);
+
+async fn compactions_replace_files_and_snapshots_pin_the_old_ones(c: &Catalog) {
+    commit(c, &recording("a", "r1", "s1")).await;
+    let old = recording("a", "r1", "s1").files[0].clone();
+    let pinned = c.create_snapshot("a", "before", 1).await.unwrap();
+    let new = DataFileRow {
+        path: "data/signals/tenant=a/recording=r1/compact=L1-0-x/channel=00000.parquet".into(),
+        size_bytes: 2500,
+        ..old.clone()
+    };
+    pending(c, "a", "w-compact").await;
+    let seq = c
+        .replace_files(
+            "a",
+            "r1",
+            std::slice::from_ref(&old),
+            std::slice::from_ref(&new),
+            "w-compact",
+            100,
+        )
+        .await
+        .unwrap();
+    let files = |v: gbrain_catalog::TenantView| {
+        v.files.into_iter().map(|(_, f)| f.path).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        files(c.tenant_view("a", pinned).await.unwrap()),
+        vec![old.path.clone()]
+    );
+    assert_eq!(
+        files(c.tenant_view("a", seq).await.unwrap()),
+        vec![new.path.clone()]
+    );
+    assert_eq!(
+        c.files("a", "r1", FileKind::Signal).await.unwrap(),
+        vec![new.clone()]
+    );
+    assert_eq!(
+        c.get_recording("a", "r1")
+            .await
+            .unwrap()
+            .unwrap()
+            .stored_bytes,
+        2500
+    );
+    // A file that is not current is not replaced again.
+    pending(c, "a", "w-again").await;
+    assert!(
+        c.replace_files("a", "r1", std::slice::from_ref(&old), &[], "w-again", 101)
+            .await
+            .is_err()
+    );
+
+    // The snapshot reads the old file: it stays until the snapshot goes.
+    assert!(c.removed_files(1000, 10).await.unwrap().is_empty());
+    assert!(c.delete_snapshot("a", "before").await.unwrap());
+    assert!(
+        c.removed_files(50, 10).await.unwrap().is_empty(),
+        "not yet past its grace"
+    );
+    assert_eq!(
+        c.removed_files(1000, 10).await.unwrap(),
+        vec![("a".to_string(), old.path.clone())]
+    );
+    c.forget_file("a", &old.path).await.unwrap();
+    assert!(c.removed_files(1000, 10).await.unwrap().is_empty());
+    assert_eq!(
+        files(c.tenant_view("a", seq).await.unwrap()),
+        vec![new.path]
+    );
+}
+both!(compactions_replace_files_and_snapshots_pin_the_old_ones);

@@ -4,6 +4,7 @@
 //! ```text
 //! data/signals/tenant=T/recording=R/channel=00003/part-00000.parquet
 //! data/signals/tenant=T/recording=R/flush=<first sample, 20 digits>-<id>/channel=00003.parquet
+//! data/signals/tenant=T/recording=R/compact=L<level>-<first sample>-<id>/channel=00003.parquet
 //! data/events/tenant=T/recording=R/<part id>.parquet
 //! staging/tenant=T/upload=U/<offset, 20 digits>.part
 //! models/tenant=T/<model>/config.json
@@ -32,7 +33,30 @@ pub fn live_flush_dir(tenant: &str, recording: &str, first_sample: u64, id: &str
     ))
 }
 
-/// One channel's file of a live flush.
+/// The folder of a compaction of a live stream's files: level `level` (a flush is level 0),
+/// every channel's samples from `first_sample`.
+pub fn live_compact_dir(
+    tenant: &str,
+    recording: &str,
+    level: u32,
+    first_sample: u64,
+    id: &str,
+) -> Path {
+    Path::from(format!(
+        "data/signals/tenant={tenant}/recording={recording}/compact=L{level}-{first_sample:020}-{id}"
+    ))
+}
+
+/// The compaction level of a live stream's file, from its path: 0 for a flush.
+pub fn live_level(path: &str) -> u32 {
+    path.split("/compact=L")
+        .nth(1)
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One channel's file of a live flush or compaction.
 pub fn live_flush_part(dir: &Path, channel: u32) -> Path {
     dir.clone().join(format!("channel={channel:05}.parquet"))
 }

@@ -1,5 +1,6 @@
 //! Garbage collection: uploads past their time to live (unfinished ones, and finished ones
-//! whose staged bytes a crash kept from being deleted) and writes whose commit never came.
+//! whose staged bytes a crash kept from being deleted), writes whose commit never came, and
+//! files a compaction replaced once no snapshot reads them.
 //!
 //! Both are found through the catalog, never by listing the data, so a recording that is
 //! committed can never be mistaken for garbage: its pending write was cleared in the same
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gbrain_storage::staging::delete_prefix;
+use object_store::ObjectStoreExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Ingest, Result};
@@ -22,6 +24,8 @@ pub const WRITE_GRACE: Duration = Duration::from_secs(3600);
 pub struct GcReport {
     pub uploads: usize,
     pub writes: usize,
+    /// Files replaced by compactions.
+    pub replaced: usize,
 }
 
 impl Ingest {
@@ -51,13 +55,23 @@ impl Ingest {
             self.catalog.end_write(&w.write_id).await?;
             report.writes += 1;
         }
+        // Replaced files wait as long as writes do, for queries that planned with them.
+        for (tenant, path) in self.catalog.removed_files(write_cutoff, 10_000).await? {
+            match self.store.delete(&path.as_str().into()).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(gbrain_storage::Error::from(e).into()),
+            }
+            self.catalog.forget_file(&tenant, &path).await?;
+            report.replaced += 1;
+        }
         if report != GcReport::default() {
             self.metrics
                 .gc_objects_deleted
-                .inc_by((report.uploads + report.writes) as u64);
+                .inc_by((report.uploads + report.writes + report.replaced) as u64);
             tracing::info!(
                 uploads = report.uploads,
                 writes = report.writes,
+                replaced = report.replaced,
                 "garbage collected"
             );
         }

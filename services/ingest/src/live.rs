@@ -360,6 +360,73 @@ struct State {
     chunks: VecDeque<(u64, u64)>,
 }
 
+/// Files merged into one by a compaction.
+pub const COMPACTION_FANIN: usize = 16;
+/// Files of this level are not merged further (level 4: 16^4 flushes, hours of signal).
+pub const MAX_LEVEL: u32 = 4;
+
+/// Stored samples of a stream: one file per channel over the same samples.
+#[derive(Clone, Debug)]
+struct Part {
+    /// 0 for a flush; a compaction of parts of level L makes one of level L + 1.
+    level: u32,
+    first: u64,
+    rows: u64,
+    /// By channel.
+    files: Vec<DataFileRow>,
+}
+
+/// The stream's stored parts, in sample order, from the catalog's current files.
+fn parts_of(files: Vec<DataFileRow>) -> Vec<Part> {
+    let mut parts: Vec<Part> = Vec::new();
+    for f in files {
+        // `files` come by channel, then first sample.
+        let first = f.first_row as u64;
+        match parts.iter_mut().find(|p| p.first == first) {
+            Some(p) => p.files.push(f),
+            None => parts.push(Part {
+                level: layout::live_level(&f.path),
+                first,
+                rows: f.num_rows as u64,
+                files: vec![f],
+            }),
+        }
+    }
+    for p in &mut parts {
+        p.files.sort_by_key(|f| f.channel_index);
+    }
+    parts.sort_by_key(|p| p.first);
+    parts
+}
+
+/// The parts a compaction merges next: the oldest run of [`COMPACTION_FANIN`] parts of one
+/// level below [`MAX_LEVEL`]; for a stream that is done, every part after the last one of
+/// level [`MAX_LEVEL`] - 1 or more.
+fn next_merge(parts: &[Part], done: bool) -> Option<std::ops::Range<usize>> {
+    let mut i = 0;
+    while i < parts.len() {
+        let level = parts[i].level;
+        let mut j = i;
+        while j < parts.len() && parts[j].level == level {
+            j += 1;
+        }
+        if level < MAX_LEVEL && j - i >= COMPACTION_FANIN {
+            return Some(i..i + COMPACTION_FANIN);
+        }
+        i = j;
+    }
+    if done {
+        let start = parts
+            .iter()
+            .rposition(|p| p.level >= MAX_LEVEL - 1)
+            .map_or(0, |k| k + 1);
+        if parts.len() - start >= 2 {
+            return Some(start..parts.len());
+        }
+    }
+    None
+}
+
 /// One live stream.
 pub struct Stream {
     pub tenant: String,
@@ -369,6 +436,8 @@ pub struct Stream {
     /// Raised by every open; a connection holding an older one is superseded.
     generation: AtomicU64,
     state: tokio::sync::Mutex<State>,
+    /// What Parquet holds; changed only by the flusher.
+    parts: std::sync::Mutex<Vec<Part>>,
 }
 
 impl std::fmt::Debug for Stream {
@@ -434,6 +503,8 @@ pub struct FlushReport {
     pub failed: usize,
     /// The log records released, up to this one.
     pub released_lsn: u64,
+    /// Files merged away by compactions (per channel).
+    pub merged: usize,
 }
 
 /// The node's live streams.
@@ -540,6 +611,11 @@ impl Live {
                 samples: row.flushed_samples as u64,
             };
             state.held_from = row.flushed_samples as u64;
+            let parts = parts_of(
+                deps.catalog
+                    .files(&row.tenant, &row.recording_id, FileKind::Signal)
+                    .await?,
+            );
             let stream = Stream {
                 tenant: row.tenant.clone(),
                 stream_id: row.stream_id.clone(),
@@ -547,6 +623,7 @@ impl Live {
                 layout,
                 generation: AtomicU64::new(0),
                 state: tokio::sync::Mutex::new(State::empty(0)),
+                parts: std::sync::Mutex::new(parts),
             };
             streams.insert((row.tenant, row.stream_id), (stream, state));
         }
@@ -684,6 +761,7 @@ impl Live {
                             layout,
                             generation: AtomicU64::new(1),
                             state: tokio::sync::Mutex::new(State::empty(width)),
+                            parts: std::sync::Mutex::new(Vec::new()),
                         });
                         self.insert(&stream);
                         tracing::info!(
@@ -735,6 +813,12 @@ impl Live {
             samples: row.flushed_samples as u64,
         };
         state.held_from = row.flushed_samples as u64;
+        let parts = parts_of(
+            self.deps
+                .catalog
+                .files(tenant, &row.recording_id, FileKind::Signal)
+                .await?,
+        );
         let stream = Arc::new(Stream {
             tenant: tenant.to_string(),
             stream_id: stream_id.to_string(),
@@ -742,6 +826,7 @@ impl Live {
             layout: layout_stored,
             generation: AtomicU64::new(0),
             state: tokio::sync::Mutex::new(state),
+            parts: std::sync::Mutex::new(parts),
         });
         self.insert(&stream);
         Self::resume(stream, layout.as_ref()).await
@@ -936,6 +1021,15 @@ impl Live {
                     if closed {
                         report.closed += 1;
                     }
+                    match self.compact_stream(&stream, closed).await {
+                        Ok(merged) => report.merged += merged,
+                        Err(e) => tracing::warn!(
+                            tenant = %stream.tenant,
+                            recording_id = %stream.recording_id,
+                            error = %e,
+                            "live stream compaction failed; its files stay as they are"
+                        ),
+                    }
                 }
                 Err(e) => {
                     report.failed += 1;
@@ -1044,6 +1138,18 @@ impl Live {
                 stream.stream_id
             )));
         }
+        if n > 0 {
+            stream
+                .parts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Part {
+                    level: 0,
+                    first: from,
+                    rows: n,
+                    files: flush.files,
+                });
+        }
         let mut state = stream.state.lock().await;
         state.drain(end);
         self.held_samples
@@ -1059,6 +1165,106 @@ impl Live {
             }
         }
         Ok((n, done))
+    }
+
+    /// Merges the stream's oldest run of small files, if it has one, into one file per channel
+    /// of the next level, a channel at a time; returns the parts merged away. A stream that
+    /// is done has its last small files merged into one.
+    async fn compact_stream(&self, stream: &Arc<Stream>, done: bool) -> Result<usize> {
+        let (run, parts) = {
+            let parts = stream.parts.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(run) = next_merge(&parts, done) else {
+                return Ok(0);
+            };
+            (run.clone(), parts[run].to_vec())
+        };
+        let first = parts[0].first;
+        let rows: u64 = parts.iter().map(|p| p.rows).sum();
+        let level = parts.iter().map(|p| p.level).max().unwrap_or(0) + 1;
+        let tenant = stream.tenant.as_str();
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let dir = layout::live_compact_dir(tenant, &stream.recording_id, level, first, &id[..12]);
+        let write = PendingWrite {
+            write_id: format!("live-compact-{id}"),
+            tenant: tenant.to_string(),
+            prefixes: vec![dir.to_string()],
+            created_ns: self.deps.clock.now_ns(),
+        };
+        self.deps.catalog.begin_write(&write).await?;
+        let mut added = Vec::with_capacity(stream.layout.channels.len());
+        for c in 0..stream.layout.channels.len() {
+            let mut inputs = Vec::with_capacity(parts.len());
+            for p in &parts {
+                let f = p.files.get(c).ok_or_else(|| {
+                    Error::Internal(format!("part at sample {} has no channel {c}", p.first))
+                })?;
+                let bytes = self
+                    .deps
+                    .store
+                    .get(&f.path.as_str().into())
+                    .await
+                    .map_err(gbrain_storage::Error::from)?
+                    .bytes()
+                    .await
+                    .map_err(gbrain_storage::Error::from)?;
+                inputs.push((f.path.clone(), bytes));
+            }
+            let encoded = tokio::task::spawn_blocking(move || {
+                let mut w = SignalFileWriter::new(SampleWidth::Int32, first, Vec::new())?;
+                let mut next = first;
+                for (path, bytes) in inputs {
+                    let (start, values) = gbrain_storage::signal::read_signal_file(bytes, &path)?;
+                    if start != next {
+                        return Err(Error::Internal(format!(
+                            "{path} starts at sample {start} where {next} was due"
+                        )));
+                    }
+                    next += values.len() as u64;
+                    w.push(&values)?;
+                }
+                Ok(w.finish()?)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("live compaction: {e}")))??;
+            let path = layout::live_flush_part(&dir, c as u32);
+            let size = encoded.len() as i64;
+            self.deps
+                .store
+                .put(&path, PutPayload::from(encoded))
+                .await
+                .map_err(gbrain_storage::Error::from)?;
+            added.push(DataFileRow {
+                path: path.to_string(),
+                kind: FileKind::Signal,
+                channel_index: Some(c as i64),
+                first_row: first as i64,
+                num_rows: rows as i64,
+                size_bytes: size,
+            });
+        }
+        let removed: Vec<DataFileRow> = parts.iter().flat_map(|p| p.files.clone()).collect();
+        self.deps
+            .catalog
+            .replace_files(
+                tenant,
+                &stream.recording_id,
+                &removed,
+                &added,
+                &write.write_id,
+                self.deps.clock.now_ns(),
+            )
+            .await?;
+        let mut current = stream.parts.lock().unwrap_or_else(|p| p.into_inner());
+        current.splice(
+            run,
+            [Part {
+                level,
+                first,
+                rows,
+                files: added,
+            }],
+        );
+        Ok(parts.len())
     }
 
     /// Flushes every `policy.interval`, or sooner when a stream holds much, until `shutdown`;
@@ -1495,7 +1701,11 @@ mod tests {
             .files("t", &recording_id, FileKind::Signal)
             .await
             .unwrap();
-        assert_eq!(files.len(), 2 * 3);
+        assert_eq!(
+            files.len(),
+            3,
+            "closed: its two flushes merged into one file per channel"
+        );
         for c in 0..3i64 {
             let mut values = Vec::new();
             let mut next = 0u64;
@@ -1611,5 +1821,92 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("closed"), "{e}");
         assert_eq!(live.held("t", "s").await.unwrap().1[0].len(), 120);
+    }
+
+    #[tokio::test]
+    async fn compactions_merge_small_files_and_keep_every_sample() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let policy = FlushPolicy {
+            interval: Duration::from_secs(3600),
+            ..FlushPolicy::default()
+        };
+        let node = node_with(dir.path(), Arc::clone(&store), policy).await;
+        let live = &node.live;
+        let (s, _) = live
+            .open_stream("t", "s", Some(layout()), recording("t"))
+            .await
+            .unwrap();
+        let rec = s.stream.recording_id.clone();
+        let mut merged = 0;
+        for seq in 1..=(COMPACTION_FANIN as u64 + 3) {
+            live.append(&s, seq, chunk(seq, 7)).await.unwrap();
+            merged += live.flush().await.merged;
+        }
+        assert_eq!(merged, COMPACTION_FANIN);
+        let files = node
+            .catalog
+            .files("t", &rec, FileKind::Signal)
+            .await
+            .unwrap();
+        // Per channel: one file of level 1 (16 flushes), then 3 flushes.
+        assert_eq!(files.len(), 4 * 3);
+        assert_eq!(layout::live_level(&files[0].path), 1);
+        assert_eq!(files[0].num_rows, 16 * 7);
+        live.close(&s).await.unwrap();
+        let report = live.flush().await;
+        assert_eq!(
+            (report.closed, report.merged),
+            (1, 4),
+            "done: the last files become one"
+        );
+        let files = node
+            .catalog
+            .files("t", &rec, FileKind::Signal)
+            .await
+            .unwrap();
+        assert_eq!(files.len(), 3);
+        for (c, f) in files.iter().enumerate() {
+            let bytes = store
+                .get(&f.path.as_str().into())
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let (first, values) = gbrain_storage::signal::read_signal_file(bytes, &f.path).unwrap();
+            assert_eq!((first, values.len()), (0, 19 * 7));
+            for (i, v) in values.iter().enumerate() {
+                let (seq, k) = (i / 7 + 1, i % 7);
+                let want = ((seq as u64 * 1000 + (k * 3 + c) as u64) as f64 * 0.5 / 1e-3).round();
+                assert_eq!(f64::from(*v), want, "channel {c} sample {i}");
+            }
+        }
+        // The replaced files are listed for deletion once past their grace.
+        let replaced = node.catalog.removed_files(i64::MAX, 1000).await.unwrap();
+        assert_eq!(replaced.len(), (16 + 4) * 3);
+    }
+
+    #[test]
+    fn merges_runs_of_one_level_oldest_first() {
+        let part = |level, first| Part {
+            level,
+            first,
+            rows: 1,
+            files: Vec::new(),
+        };
+        let mut parts: Vec<Part> = (0..15).map(|i| part(0, i)).collect();
+        assert_eq!(next_merge(&parts, false), None);
+        assert_eq!(next_merge(&parts, true), Some(0..15));
+        parts.push(part(0, 15));
+        assert_eq!(next_merge(&parts, false), Some(0..16));
+        let mut tiers = vec![part(MAX_LEVEL, 0), part(2, 1)];
+        tiers.extend((0..16).map(|i| part(1, 2 + i)));
+        tiers.extend((0..3).map(|i| part(0, 18 + i)));
+        assert_eq!(next_merge(&tiers, false), Some(2..18));
+        assert_eq!(next_merge(&tiers, true), Some(2..18));
+        let top: Vec<Part> = (0..20).map(|i| part(MAX_LEVEL, i)).collect();
+        assert_eq!(next_merge(&top, false), None, "the top level is not merged");
+        assert_eq!(next_merge(&top, true), None);
     }
 }
