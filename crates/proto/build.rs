@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         root.join("globalbrain/ingest/v1/ingest.proto"),
         root.join("globalbrain/query/v1/query.proto"),
+        root.join("globalbrain/coordinator/v1/coordinator.proto"),
     ];
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);

@@ -204,12 +204,21 @@ impl Sandbox {
             .expect("bind");
         let addr = grpc.local_addr().expect("addr");
         let http_addr = http.local_addr().expect("addr");
+        let coordinator = inference.as_ref().map(|_| {
+            gbrain_coordinator::Coordinator::new(
+                Arc::new(gbrain_coordinator::LocalStreams(Arc::clone(&ingest))),
+                &[format!("http://{addr}")],
+                Arc::new(SystemClock),
+            )
+            .expect("coordinator")
+        });
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(serve_cluster(
             Services {
                 ingest: Arc::clone(&ingest),
                 query: query.clone(),
                 inference,
+                coordinator,
             },
             auth,
             registry,

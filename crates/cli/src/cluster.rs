@@ -18,6 +18,8 @@ pub struct Services {
     pub query: Query,
     /// None when no ONNX Runtime library was found.
     pub inference: Option<gbrain_inference::Inference>,
+    /// The feedback-loop coordinator, decoding on `inference` (None without it).
+    pub coordinator: Option<Arc<gbrain_coordinator::Coordinator>>,
 }
 
 /// Serves `services` until `shutdown`, then drains and closes the catalog.
@@ -53,6 +55,10 @@ pub async fn serve_cluster(
         // whole does not wait for it.
         loader = Some(inference.start(health.clone(), false, shutdown.clone()));
     }
+    if let Some(coordinator) = &services.coordinator {
+        routes = routes.add_service(coordinator.grpc_service());
+        service_names.push(gbrain_coordinator::SERVICE_NAME);
+    }
     serve(ServeArgs {
         routes,
         service_names,
@@ -68,6 +74,9 @@ pub async fn serve_cluster(
         drain_delay,
     })
     .await?;
+    if let Some(coordinator) = &services.coordinator {
+        coordinator.stop_all();
+    }
     let _ = gc.await;
     if let Some(f) = flusher {
         let _ = f.await;

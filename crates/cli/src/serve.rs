@@ -106,6 +106,15 @@ pub async fn up(
             None
         };
     let (grpc, http) = bind(&server).await?;
+    // The coordinator decodes on this process's inference service, over gRPC like any node.
+    let coordinator = match &inference {
+        Some(_) => Some(gbrain_coordinator::Coordinator::new(
+            Arc::new(gbrain_coordinator::LocalStreams(Arc::clone(&ingest))),
+            &[format!("http://{}", grpc.local_addr()?)],
+            Arc::new(SystemClock),
+        )?),
+        None => None,
+    };
     println!(
         "embedded cluster: gRPC on {}, metrics on http://{}/metrics (ingest, Flight SQL, \
          snapshots and KServe v2 inference share the gRPC port)",
@@ -117,6 +126,7 @@ pub async fn up(
             ingest,
             query,
             inference,
+            coordinator,
         },
         auth,
         registry,

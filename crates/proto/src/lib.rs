@@ -18,6 +18,13 @@ pub mod query {
     }
 }
 
+/// `globalbrain.coordinator.v1`: loop sessions, feedback and outcomes.
+pub mod coordinator {
+    pub mod v1 {
+        tonic::include_proto!("globalbrain.coordinator.v1");
+    }
+}
+
 /// `globalbrain.models.v1`: pushing, listing and removing models in the repository.
 pub mod models {
     pub mod v1 {

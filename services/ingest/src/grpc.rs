@@ -447,7 +447,9 @@ async fn live_stream(
                     }
                     None => return Err(Error::invalid("chunk.data", "is empty")),
                 };
-                let ack = live.append(&session, chunk.seq, samples).await?;
+                let ack = live
+                    .append_at(&session, chunk.seq, samples, chunk.source_time_ns)
+                    .await?;
                 send(stream_response::Kind::Ack(StreamAck {
                     seq: ack.seq,
                     samples: ack.samples,

@@ -438,6 +438,37 @@ pub struct Stream {
     state: tokio::sync::Mutex<State>,
     /// What Parquet holds; changed only by the flusher.
     parts: std::sync::Mutex<Vec<Part>>,
+    /// Acknowledged chunks, to whoever subscribed (a loop session).
+    tail: tokio::sync::broadcast::Sender<Arc<LiveChunk>>,
+}
+
+/// Chunks a subscriber may fall behind by before it misses some.
+pub const TAIL_CHUNKS: usize = 1024;
+
+/// An acknowledged chunk, as subscribers get it.
+#[derive(Debug)]
+pub struct LiveChunk {
+    pub seq: u64,
+    pub first_sample: u64,
+    pub samples: usize,
+    /// Stored steps, sample-major; times each channel's resolution they are physical values.
+    pub values: Vec<i32>,
+    /// When the chunk was acknowledged (Unix ns).
+    pub received_ns: i64,
+    /// When its first sample was taken at the source, if the client said.
+    pub source_time_ns: Option<i64>,
+}
+
+/// A stream's chunks from now on.
+#[derive(Debug)]
+pub struct Subscription {
+    pub recording_id: String,
+    pub layout: Layout,
+    pub chunks: tokio::sync::broadcast::Receiver<Arc<LiveChunk>>,
+}
+
+fn tail() -> tokio::sync::broadcast::Sender<Arc<LiveChunk>> {
+    tokio::sync::broadcast::channel(TAIL_CHUNKS).0
 }
 
 impl std::fmt::Debug for Stream {
@@ -624,6 +655,7 @@ impl Live {
                 generation: AtomicU64::new(0),
                 state: tokio::sync::Mutex::new(State::empty(0)),
                 parts: std::sync::Mutex::new(parts),
+                tail: tail(),
             };
             streams.insert((row.tenant, row.stream_id), (stream, state));
         }
@@ -762,6 +794,7 @@ impl Live {
                             generation: AtomicU64::new(1),
                             state: tokio::sync::Mutex::new(State::empty(width)),
                             parts: std::sync::Mutex::new(Vec::new()),
+                            tail: tail(),
                         });
                         self.insert(&stream);
                         tracing::info!(
@@ -827,6 +860,7 @@ impl Live {
             generation: AtomicU64::new(0),
             state: tokio::sync::Mutex::new(state),
             parts: std::sync::Mutex::new(parts),
+            tail: tail(),
         });
         self.insert(&stream);
         Self::resume(stream, layout.as_ref()).await
@@ -889,6 +923,17 @@ impl Live {
 
     /// Stores one chunk and acknowledges it once it is durable.
     pub async fn append(&self, session: &Session, seq: u64, samples: Samples) -> Result<Ack> {
+        self.append_at(session, seq, samples, None).await
+    }
+
+    /// [`Live::append`], with when the chunk's first sample was taken at the source.
+    pub async fn append_at(
+        &self,
+        session: &Session,
+        seq: u64,
+        samples: Samples,
+        source_time_ns: Option<i64>,
+    ) -> Result<Ack> {
         let stream = &session.stream;
         if seq == 0 {
             return Err(Error::invalid("chunk.seq", "chunks are numbered from 1"));
@@ -949,8 +994,19 @@ impl Live {
             .await
             .map_err(wal_error)?;
         self.max_lsn.fetch_max(lsn, Ordering::AcqRel);
+        let first_sample = state.position.samples;
         state.push(&values, n, seq, lsn);
         self.held_samples.fetch_add(adding, Ordering::AcqRel);
+        if stream.tail.receiver_count() > 0 {
+            let _ = stream.tail.send(Arc::new(LiveChunk {
+                seq,
+                first_sample,
+                samples: n,
+                values,
+                received_ns: self.deps.clock.now_ns(),
+                source_time_ns,
+            }));
+        }
         let held_values = (state.position.samples - state.held_from) * state.held.len() as u64;
         if held_values >= self.policy.stream_values {
             self.flush_soon.notify_one();
@@ -993,6 +1049,18 @@ impl Live {
             self.flush_soon.notify_one();
         }
         Ok(state.position)
+    }
+
+    /// The chunks a stream of `tenant` acknowledges from now on.
+    pub fn subscribe(&self, tenant: &str, stream_id: &str) -> Result<Subscription> {
+        let stream = self.get(tenant, stream_id).ok_or_else(|| {
+            Error::NotFound(format!("no open live stream {stream_id} on this node"))
+        })?;
+        Ok(Subscription {
+            recording_id: stream.recording_id.clone(),
+            layout: stream.layout.clone(),
+            chunks: stream.tail.subscribe(),
+        })
     }
 
     /// The samples held for a stream, per channel, from sample `from` (not yet in Parquet).

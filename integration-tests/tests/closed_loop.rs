@@ -1,0 +1,322 @@
+//! The closed loop on the embedded cluster: a synthetic subject streams live EEG, a loop
+//! session decodes every window on the inference service with a decoder fitted here (an LDA
+//! written as ONNX), adapts, and sends feedback; outcomes come back per trial.
+
+use std::time::Duration;
+
+use gbrain_cli::client::Bearer;
+use gbrain_common::clap_blocks::ClientArgs;
+use gbrain_coordinator::offline::{Windowing, fit, windows};
+use gbrain_coordinator::synthetic::{Subject, SubjectConfig};
+use gbrain_integration_tests::{ANALYST_TOKEN, OTHER_TENANT_TOKEN, SUBMITTER_TOKEN, Sandbox};
+use gbrain_proto::coordinator::v1 as pb;
+use gbrain_proto::coordinator::v1::loop_service_client::LoopServiceClient;
+use gbrain_proto::ingest::v1::{
+    PackedSamples, StreamChannel, StreamChunk, StreamLayout, StreamOpen, StreamRequest,
+    StreamResponse, stream_chunk, stream_request, stream_response,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+const HOP: usize = 25;
+const SECONDS: usize = 120;
+
+fn start_request(stream_id: &str, model: &str) -> pb::StartSessionRequest {
+    pb::StartSessionRequest {
+        stream_id: stream_id.into(),
+        decoder: Some(pb::Decoder {
+            model: model.into(),
+            version: 0,
+        }),
+        windowing: Some(pb::Windowing {
+            window_s: 1.0,
+            hop_s: 0.1,
+            channels: vec!["C3".into(), "C4".into()],
+            preprocessing: Some(pb::Preprocessing {
+                reference: pb::preprocessing::Reference::CommonAverage as i32,
+                bandpass: None,
+                bands: vec![
+                    pb::Band {
+                        lo_hz: 8.0,
+                        hi_hz: 13.0,
+                    },
+                    pb::Band {
+                        lo_hz: 18.0,
+                        hi_hz: 25.0,
+                    },
+                ],
+                log: true,
+                zscore: false,
+            }),
+        }),
+        adaptation: Some(pb::Adaptation {
+            mode: pb::adaptation::Mode::Unsupervised as i32,
+            rate: 0.01,
+        }),
+        // Debug builds on a loaded machine: generous.
+        deadline_ms: 5000.0,
+    }
+}
+
+async fn loop_client(
+    sb: &Sandbox,
+    token: &str,
+) -> LoopServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+> {
+    LoopServiceClient::with_interceptor(sb.channel().await, Bearer::new(Some(token)).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synthetic_subject_is_decoded_window_by_window_with_feedback() {
+    let sb = Sandbox::start().await;
+    assert!(
+        sb.models.is_some(),
+        "the closed loop needs inference (ORT_DYLIB_PATH, which `cargo xtask test` sets)"
+    );
+
+    // The decoder: an LDA fitted on a calibration session, pushed as an ONNX model.
+    let mut calibration = Subject::new(SubjectConfig {
+        seed: 100,
+        ..SubjectConfig::default()
+    })
+    .unwrap();
+    let w = Windowing::motor_imagery(calibration.channels()).unwrap();
+    let lda = fit(&windows(&mut calibration, &w, 240.0), 0.1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mi.onnx");
+    std::fs::write(&path, lda.to_onnx()).unwrap();
+    let mut models = gbrain_cli::models::connect(&ClientArgs {
+        server: sb.endpoint(),
+        token: Some(gbrain_integration_tests::ADMIN_TOKEN.to_string()),
+        json: false,
+    })
+    .await
+    .unwrap();
+    gbrain_cli::models::push_file(&mut models, &path, "mi-lda", 0, None)
+        .await
+        .unwrap();
+
+    // The subject's stream.
+    let mut subject = Subject::new(SubjectConfig {
+        seed: 300,
+        drift: 0.05,
+        ..SubjectConfig::default()
+    })
+    .unwrap();
+    let width = subject.channels().len();
+    let layout = StreamLayout {
+        sample_rate: subject.sample_rate(),
+        channels: subject
+            .channels()
+            .iter()
+            .map(|l| StreamChannel {
+                label: l.clone(),
+                r#type: "EEG".into(),
+                unit: "uV".into(),
+                resolution: 0.0,
+            })
+            .collect(),
+    };
+    let mut ingest = sb.client_with(Some(SUBMITTER_TOKEN)).await;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(StreamRequest {
+        kind: Some(stream_request::Kind::Open(StreamOpen {
+            stream_id: "subject-300".into(),
+            layout: Some(layout),
+            metadata: None,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut acks = ingest
+        .stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        acks.message().await.unwrap(),
+        Some(StreamResponse {
+            kind: Some(stream_response::Kind::Opened(_))
+        })
+    ));
+
+    // Bad sessions get clear errors.
+    let mut analyst = loop_client(&sb, ANALYST_TOKEN).await;
+    let mut bad = start_request("subject-300", "mi-lda");
+    bad.windowing.as_mut().unwrap().channels = vec!["C9".into()];
+    let e = analyst.start_session(bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("windowing.channels[0]"), "{e:?}");
+    let e = analyst
+        .start_session(start_request("no-such-stream", "mi-lda"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let e = loop_client(&sb, OTHER_TENANT_TOKEN)
+        .await
+        .start_session(start_request("subject-300", "mi-lda"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.code(), Code::FailedPrecondition | Code::PermissionDenied),
+        "another tenant cannot use the stream: {e:?}"
+    );
+
+    let session = analyst
+        .start_session(start_request("subject-300", "mi-lda"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut feedback = loop_client(&sb, SUBMITTER_TOKEN)
+        .await
+        .feedback(pb::FeedbackRequest {
+            session_id: session.session_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Stream two minutes, a hop at a time, each acknowledged before the next.
+    let hops = SECONDS * 250 / HOP;
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let expected = (hops * HOP - 250) / HOP + 1;
+        while got.len() < expected {
+            match tokio::time::timeout(Duration::from_secs(60), feedback.message()).await {
+                Ok(Ok(Some(m))) => got.push(m),
+                other => panic!("feedback stopped after {} windows: {other:?}", got.len()),
+            }
+        }
+        got
+    });
+    for seq in 1..=hops as u64 {
+        let values = subject.generate(HOP);
+        assert_eq!(values.len(), HOP * width);
+        tx.send(StreamRequest {
+            kind: Some(stream_request::Kind::Chunk(StreamChunk {
+                seq,
+                data: Some(stream_chunk::Data::Packed(PackedSamples { values })),
+                source_time_ns: None,
+            })),
+        })
+        .await
+        .unwrap();
+        let Some(StreamResponse {
+            kind: Some(stream_response::Kind::Ack(a)),
+        }) = acks.message().await.unwrap()
+        else {
+            panic!("expected an ack");
+        };
+        assert_eq!(a.seq, seq);
+    }
+    let got = reader.await.unwrap();
+
+    // Every window once, in order, each with a prediction (or an error within its deadline).
+    let mut latencies = Vec::new();
+    let (mut hits, mut labelled, mut errors) = (0, 0, 0);
+    let mut trial_windows: std::collections::BTreeMap<u64, (u64, u64, u8)> = Default::default();
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m.window, i as u64 + 1, "windows in order, none missing");
+        assert_eq!(m.end_sample - m.first_sample, 250);
+        let stamps = m.stamps.unwrap();
+        assert!(stamps.received_ns <= stamps.inferred_ns && stamps.inferred_ns <= stamps.sent_ns);
+        latencies.push(stamps.sent_ns - stamps.received_ns);
+        match &m.result {
+            Some(pb::feedback_message::Result::Prediction(p)) => {
+                assert_eq!(p.probabilities.len(), 2);
+                assert_eq!(p.model, "mi-lda");
+                let first = subject.label_at(m.first_sample);
+                if let Some(label) =
+                    first.filter(|l| subject.label_at(m.end_sample - 1) == Some(*l))
+                {
+                    labelled += 1;
+                    hits += usize::from(p.class == u32::from(label));
+                    let trial = subject
+                        .trials()
+                        .iter()
+                        .find(|t| t.start <= m.first_sample && m.end_sample <= t.end)
+                        .unwrap();
+                    let e = trial_windows
+                        .entry(trial.index)
+                        .or_insert((m.window, m.window, label));
+                    e.1 = m.window;
+                }
+            }
+            Some(pb::feedback_message::Result::Error(e)) => {
+                errors += 1;
+                println!("window {} error: {e}", m.window);
+            }
+            None => panic!("window {} has neither a prediction nor an error", m.window),
+        }
+    }
+    latencies.sort_unstable();
+    let accuracy = hits as f64 / labelled as f64;
+    println!(
+        "{} windows, {errors} errors, accuracy {:.1}% over {labelled} labelled windows; \
+         window-to-feedback p50 {:.2} ms, max {:.2} ms (debug build)",
+        got.len(),
+        100.0 * accuracy,
+        latencies[latencies.len() / 2] as f64 / 1e6,
+        latencies[latencies.len() - 1] as f64 / 1e6
+    );
+    assert_eq!(errors, 0);
+    assert!(accuracy > 0.75, "{accuracy}");
+
+    // Outcomes per trial: the session counts them against its predictions.
+    let mut reported = (0, 0);
+    for (first, last, label) in trial_windows.values() {
+        let r = analyst
+            .report_outcome(pb::ReportOutcomeRequest {
+                session_id: session.session_id.clone(),
+                first_window: *first,
+                last_window: *last,
+                label: u32::from(*label),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        reported.0 += r.windows;
+        reported.1 += r.correct;
+    }
+    assert_eq!(reported, (labelled as u64, hits as u64));
+    let e = analyst
+        .report_outcome(pb::ReportOutcomeRequest {
+            session_id: session.session_id.clone(),
+            first_window: 1,
+            last_window: 1,
+            label: 7,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let state = analyst
+        .get_session(pb::GetSessionRequest {
+            session_id: session.session_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state.windows, got.len() as u64);
+    assert_eq!(state.outcomes, labelled as u64);
+    assert!((state.accuracy - accuracy).abs() < 1e-9);
+    // Another tenant does not see the session.
+    let e = loop_client(&sb, OTHER_TENANT_TOKEN)
+        .await
+        .get_session(pb::GetSessionRequest {
+            session_id: session.session_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e.code(), Code::NotFound | Code::PermissionDenied));
+    analyst
+        .stop_session(pb::StopSessionRequest {
+            session_id: session.session_id.clone(),
+        })
+        .await
+        .unwrap();
+    drop(tx);
+    drop(acks);
+    sb.stop().await;
+}
