@@ -45,10 +45,11 @@ fn gbrain(bin: &Path, cluster: &Cluster, args: &[&str]) -> anyhow::Result<String
     Ok(stdout)
 }
 
-fn start(bin: &Path, data: &Path) -> anyhow::Result<Cluster> {
+fn start(bin: &Path, data: &Path, ort_library: &Path) -> anyhow::Result<Cluster> {
     let mut child = Command::new(bin)
         .args(["up", "--data-dir"])
         .arg(data)
+        .env("ORT_DYLIB_PATH", ort_library)
         .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -179,7 +180,8 @@ fn bids_dataset(samples: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
 
 pub fn demo(root: &Path) -> anyhow::Result<()> {
     println!(
-        "Global Brain demo: hospital recordings in, de-identified, fused with behaviour in SQL."
+        "Global Brain demo: hospital recordings in, de-identified, fused with behaviour in SQL, \
+         and a closed loop decoding live signals."
     );
     step(1, "building gbrain");
     run(cargo().args(["build", "-p", "gbrain-cli", "--bin", "gbrain"]))?;
@@ -209,7 +211,8 @@ pub fn demo(root: &Path) -> anyhow::Result<()> {
         3,
         "starting the embedded cluster: gbrain up --data-dir target/demo/data",
     );
-    let cluster = start(&bin, &data)?;
+    let tools = env::prepare(root, env::Purpose::Test)?;
+    let cluster = start(&bin, &data, &tools.ort_library)?;
 
     step(4, "uploading recordings (gbrain upload)");
     let mut args = vec!["upload"];
@@ -330,7 +333,60 @@ pub fn demo(root: &Path) -> anyhow::Result<()> {
         String::from_utf8_lossy(&header[8..88]).trim()
     );
 
-    step(10, "metrics (Prometheus, http://.../metrics)");
+    step(
+        10,
+        "the closed loop: synthetic subjects decoded live (gbrain loop simulate)",
+    );
+    println!(
+        "   synthetic motor imagery (seeded; not recordings of people): 32 channels at 250 Hz,\n   \
+         left- or right-hand imagery that desynchronises the opposite motor cortex, 1/f\n   \
+         background, and electrode drift of 10% a minute. simulate fits a decoder (an LDA over\n   \
+         the mu and beta power of C3 and C4) on a calibration session, pushes it as ONNX, and\n   \
+         streams each subject live; a loop session decodes every 1 s window every 100 ms."
+    );
+    for (mode, what) in [
+        ("off", "the decoder as fitted (no adaptation)"),
+        ("unsupervised", "with the adaptive decision layer"),
+    ] {
+        println!("   {what}, four minutes of two subjects, sent as fast as acked:");
+        println!(
+            "   $ gbrain loop simulate --sessions 2 --seconds 240 --drift 0.1 --adaptation {mode} --fast"
+        );
+        print!(
+            "{}",
+            indent(&gbrain(
+                &bin,
+                &cluster,
+                &[
+                    "loop",
+                    "simulate",
+                    "--sessions",
+                    "2",
+                    "--seconds",
+                    "240",
+                    "--drift",
+                    "0.1",
+                    "--adaptation",
+                    mode,
+                    "--fast",
+                ],
+            )?)
+        );
+    }
+    println!("   live at the subjects' own pace (a chunk every 100 ms), four sessions:");
+    println!("   $ gbrain loop simulate --sessions 4 --seconds 20");
+    print!(
+        "{}",
+        indent(&gbrain(
+            &bin,
+            &cluster,
+            &["loop", "simulate", "--sessions", "4", "--seconds", "20"],
+        )?)
+    );
+    println!("   the decoder the loop used:");
+    print!("{}", indent(&gbrain(&bin, &cluster, &["models", "ls"])?));
+
+    step(11, "metrics (Prometheus, http://.../metrics)");
     let metrics = http_get(&cluster.metrics)?;
     for line in metrics.lines().filter(|l| {
         l.starts_with("gbrain_ingest_uploads_total")
@@ -342,7 +398,7 @@ pub fn demo(root: &Path) -> anyhow::Result<()> {
         println!("   {line}");
     }
 
-    step(11, "stopping the cluster");
+    step(12, "stopping the cluster");
     drop(cluster);
     println!(
         "   data stays in {}; start it again with gbrain up --data-dir {}",

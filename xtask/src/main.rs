@@ -7,6 +7,7 @@
 //! - `cargo xtask bench`: the ingest benchmark, side by side with the Python pipelines.
 //! - `cargo xtask bench-query`: fused queries beside DuckDB and polars.
 //! - `cargo xtask bench-inference`: in-process ONNX Runtime, our node and a Python server.
+//! - `cargo xtask bench-loop`: the closed loop's window-to-feedback latency.
 //! - `cargo xtask fuzz`: the parser fuzz target for a while.
 //!
 //! Everything fetched goes to a cache outside the clone (`$GBRAIN_CACHE`, default
@@ -61,6 +62,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         rest: Vec<String>,
     },
+    /// Runs the closed-loop benchmark (release build): window-to-feedback latency with 1, 16,
+    /// 64 and 256 concurrent loop sessions on the embedded cluster.
+    BenchLoop {
+        /// Extra arguments for the benchmark (--seconds, --sessions...).
+        #[arg(trailing_var_arg = true)]
+        rest: Vec<String>,
+    },
     /// Fuzzes the EDF/BDF and BIDS parsers (nightly toolchain and cargo-fuzz).
     Fuzz {
         #[arg(long, default_value_t = 60)]
@@ -78,6 +86,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench { minutes } => bench(&root, minutes),
         Cmd::BenchQuery { rest } => bench_query(&root, &rest),
         Cmd::BenchInference { rest } => bench_bin(&root, "inference", &rest),
+        Cmd::BenchLoop { rest } => bench_bin(&root, "closed_loop", &rest),
         Cmd::Fuzz { seconds } => fuzz(&root, seconds),
     }
 }

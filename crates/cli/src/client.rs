@@ -35,16 +35,21 @@ impl tonic::service::Interceptor for Bearer {
 
 pub type Ingest = IngestServiceClient<InterceptedService<Channel, Bearer>>;
 
-pub async fn ingest(args: &ClientArgs) -> anyhow::Result<Ingest> {
-    let bearer = Bearer::new(args.token.as_deref())?;
-    let channel = Endpoint::from_shared(args.server.clone())
-        .with_context(|| format!("invalid server address {:?}", args.server))?
+/// A connection to `server` (`http://host:port`).
+pub async fn connect_channel(server: &str) -> anyhow::Result<Channel> {
+    Endpoint::from_shared(server.to_string())
+        .with_context(|| format!("invalid server address {server:?}"))?
         .initial_stream_window_size(gbrain_common::server::STREAM_WINDOW_BYTES)
         .initial_connection_window_size(gbrain_common::server::CONNECTION_WINDOW_BYTES)
         .tcp_nodelay(true)
         .connect()
         .await
-        .with_context(|| format!("cannot reach {}", args.server))?;
+        .with_context(|| format!("cannot reach {server}"))
+}
+
+pub async fn ingest(args: &ClientArgs) -> anyhow::Result<Ingest> {
+    let bearer = Bearer::new(args.token.as_deref())?;
+    let channel = connect_channel(&args.server).await?;
     Ok(IngestServiceClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20))

@@ -4,12 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use gbrain_common::clap_blocks::{
-    AuthArgs, ClientArgs, InferenceArgs, InferenceServeArgs, IngestArgs, IngestServeArgs, LogArgs,
-    QueryArgs, QueryServeArgs, ServerArgs,
-};
+use gbrain_common::clap_blocks::{ClientArgs, InferenceServeArgs, IngestServeArgs, QueryServeArgs};
 
-use gbrain_cli::{bids, models, snapshot, sql, upload};
+use gbrain_cli::{bids, loop_sim, models, snapshot, sql, upload};
 
 mod export;
 mod recordings;
@@ -32,21 +29,8 @@ enum Command {
     /// Runs the embedded cluster: every service in one process, objects and a SQLite catalog
     /// under the data directory.
     Up {
-        /// Where objects, the catalog and the development token live.
-        #[arg(long, env = "GBRAIN_DATA_DIR")]
-        data_dir: PathBuf,
         #[command(flatten)]
-        server: ServerArgs,
-        #[command(flatten)]
-        auth: AuthArgs,
-        #[command(flatten)]
-        ingest: IngestArgs,
-        #[command(flatten)]
-        query: QueryArgs,
-        #[command(flatten)]
-        inference: InferenceArgs,
-        #[command(flatten)]
-        log: LogArgs,
+        args: serve::UpArgs,
     },
     /// Runs one service as its own process.
     Serve {
@@ -124,6 +108,11 @@ enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// The closed loop: synthetic subjects through a running cluster.
+    Loop {
+        #[command(subcommand)]
+        command: LoopCommand,
+    },
     /// Makes and hashes tokens for auth files.
     Token {
         #[command(subcommand)]
@@ -147,6 +136,41 @@ enum ServeRole {
     Inference {
         #[command(flatten)]
         args: InferenceServeArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LoopCommand {
+    /// Streams synthetic motor-imagery subjects (seeded; synthetic, not recordings) live,
+    /// decodes them in loop sessions, reports each trial's outcome, and prints accuracy over
+    /// time and latency percentiles. Without --model it fits a decoder on a synthetic
+    /// calibration session and pushes it (operator role).
+    Simulate {
+        #[arg(long, default_value_t = 1)]
+        sessions: usize,
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+        /// The left hemisphere's gain change per minute (electrode drift).
+        #[arg(long, default_value_t = 0.0)]
+        drift: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// A two-class decoder the tenant has.
+        #[arg(long)]
+        model: Option<String>,
+        /// off, unsupervised or supervised.
+        #[arg(long, default_value = "unsupervised")]
+        adaptation: String,
+        /// Adaptation rate per window (at most 0.05).
+        #[arg(long, default_value_t = 0.01)]
+        rate: f64,
+        /// Send as fast as acks come instead of at the subject's pace.
+        #[arg(long)]
+        fast: bool,
+        #[arg(long, default_value_t = 100.0)]
+        deadline_ms: f64,
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -271,15 +295,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Up {
-            data_dir,
-            server,
-            auth,
-            ingest,
-            query,
-            inference,
-            log,
-        } => serve::up(data_dir, server, auth, ingest, query, inference, log).await,
+        Command::Up { args } => serve::up(args).await,
         Command::Serve {
             role: ServeRole::Ingest { args },
         } => serve::ingest(args).await,
@@ -304,6 +320,47 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 client,
             } => models::rm(name, version, client).await,
         },
+        Command::Loop {
+            command:
+                LoopCommand::Simulate {
+                    sessions,
+                    seconds,
+                    drift,
+                    seed,
+                    model,
+                    adaptation,
+                    rate,
+                    fast,
+                    deadline_ms,
+                    client,
+                },
+        } => {
+            use gbrain_proto::coordinator::v1::adaptation::Mode;
+            let adaptation = match adaptation.as_str() {
+                "off" => Mode::Off,
+                "unsupervised" => Mode::Unsupervised,
+                "supervised" => Mode::Supervised,
+                other => anyhow::bail!("--adaptation {other}: use off, unsupervised or supervised"),
+            };
+            let opts = loop_sim::Options {
+                sessions,
+                seconds,
+                drift,
+                seed,
+                model,
+                adaptation,
+                rate,
+                realtime: !fast,
+                deadline_ms,
+            };
+            let report = loop_sim::simulate(&client, &opts).await?;
+            if client.json {
+                println!("{}", report.json());
+            } else {
+                print!("{}", report.text());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Sql {
             query,
             snapshot,

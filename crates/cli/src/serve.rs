@@ -9,8 +9,8 @@ use anyhow::Context;
 use gbrain_catalog::Catalog;
 use gbrain_common::auth::{Authenticator, generate_token};
 use gbrain_common::clap_blocks::{
-    AuthArgs, InferenceArgs, InferenceServeArgs, IngestArgs, IngestServeArgs, LogArgs, QueryArgs,
-    QueryServeArgs, ServerArgs,
+    AuthArgs, CoordinatorArgs, InferenceArgs, InferenceServeArgs, IngestArgs, IngestServeArgs,
+    LogArgs, QueryArgs, QueryServeArgs, ServerArgs,
 };
 use gbrain_common::clock::{Clock, SystemClock};
 use gbrain_common::server::{bind, cancel_on_signal, start_process};
@@ -26,15 +26,39 @@ const DEV_TENANT: &str = "demo";
 
 /// The embedded cluster: every service that exists, in this process, on one gRPC port, with
 /// objects under `DIR/objects` and the catalog in `DIR/catalog.db`.
-pub async fn up(
-    data_dir: PathBuf,
-    server: ServerArgs,
-    auth: AuthArgs,
-    ingest: IngestArgs,
-    query: QueryArgs,
-    inference: InferenceArgs,
-    log: LogArgs,
-) -> anyhow::Result<ExitCode> {
+/// Everything `gbrain up` takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Where objects, the catalog and the development token live.
+    #[arg(long, env = "GBRAIN_DATA_DIR")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub ingest: IngestArgs,
+    #[command(flatten)]
+    pub query: QueryArgs,
+    #[command(flatten)]
+    pub inference: InferenceArgs,
+    #[command(flatten)]
+    pub coordinator: CoordinatorArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let UpArgs {
+        data_dir,
+        server,
+        auth,
+        ingest,
+        query,
+        inference,
+        coordinator: coordinator_args,
+        log,
+    } = args;
     gbrain_common::telemetry::init(log.log_format, std::env::var("RUST_LOG").ok().as_deref());
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -106,14 +130,22 @@ pub async fn up(
             None
         };
     let (grpc, http) = bind(&server).await?;
-    // The coordinator decodes on this process's inference service, over gRPC like any node.
-    let coordinator = match &inference {
-        Some(_) => Some(gbrain_coordinator::Coordinator::new(
+    // The coordinator decodes on the nodes named, or on this process's inference service,
+    // over gRPC like any node.
+    let endpoints = match (&inference, coordinator_args.inference_endpoints.is_empty()) {
+        (_, false) => coordinator_args.inference_endpoints.clone(),
+        (Some(_), true) => vec![format!("http://{}", grpc.local_addr()?)],
+        (None, true) => Vec::new(),
+    };
+    let coordinator = if endpoints.is_empty() {
+        println!("coordinator: off: no inference service to decode on");
+        None
+    } else {
+        Some(gbrain_coordinator::Coordinator::new(
             Arc::new(gbrain_coordinator::LocalStreams(Arc::clone(&ingest))),
-            &[format!("http://{}", grpc.local_addr()?)],
+            &endpoints,
             Arc::new(SystemClock),
-        )?),
-        None => None,
+        )?)
     };
     println!(
         "embedded cluster: gRPC on {}, metrics on http://{}/metrics (ingest, Flight SQL, \

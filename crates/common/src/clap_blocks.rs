@@ -176,6 +176,15 @@ pub struct InferenceArgs {
     pub model_poll_seconds: u64,
 }
 
+/// The feedback-loop coordinator's settings.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CoordinatorArgs {
+    /// Inference nodes the coordinator decodes on (`http://host:port`, comma-separated). In
+    /// `gbrain up` the default is the cluster's own inference service.
+    #[arg(long, env = "GBRAIN_INFERENCE_ENDPOINTS", value_delimiter = ',')]
+    pub inference_endpoints: Vec<String>,
+}
+
 /// Everything `gbrain serve inference` and `gbrain-inference` take.
 #[derive(Debug, Clone, clap::Args)]
 pub struct InferenceServeArgs {

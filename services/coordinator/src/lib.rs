@@ -13,7 +13,7 @@
 //! - [`session`]: loop sessions: a live stream's windows decoded on the inference nodes
 //!   ([`kserve`]: round-robin, deadlines, retry on another node, ejection), adapted, and sent
 //!   back as feedback; outcomes reported in.
-//! - [`service`]: `globalbrain.coordinator.v1.LoopService`.
+//! - [`service`]: the gRPC service `globalbrain.coordinator.v1.LoopService`.
 //!
 //! Not here yet: predictions and outcomes stored as tables, recalibration pushed as model
 //! versions with lineage, shadow and canary promotion (see docs/ARCHITECTURE.md, "Feedback

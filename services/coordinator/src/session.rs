@@ -451,7 +451,7 @@ impl Signal {
         }
         self.seen += 1;
         let len = self.len as u64;
-        if self.seen < len || (self.seen - len) % self.hop as u64 != 0 {
+        if self.seen < len || !(self.seen - len).is_multiple_of(self.hop as u64) {
             return None;
         }
         let window = self.ring.make_contiguous();
