@@ -209,6 +209,7 @@ impl Sandbox {
                 Arc::new(gbrain_coordinator::LocalStreams(Arc::clone(&ingest))),
                 &[format!("http://{addr}")],
                 Arc::new(SystemClock),
+                gbrain_coordinator::CoordinatorMetrics::register(&mut registry),
             )
             .expect("coordinator")
         });

@@ -301,6 +301,12 @@ async fn a_synthetic_subject_is_decoded_window_by_window_with_feedback() {
     assert_eq!(state.windows, got.len() as u64);
     assert_eq!(state.outcomes, labelled as u64);
     assert!((state.accuracy - accuracy).abs() < 1e-9);
+    let metrics = sb.metrics_text().await;
+    assert!(
+        metrics.contains(&format!("gbrain_coordinator_windows_total {}", got.len())),
+        "{metrics}"
+    );
+    assert!(metrics.contains("gbrain_coordinator_window_duration_seconds_bucket"));
     // Another tenant does not see the session.
     let e = loop_client(&sb, OTHER_TENANT_TOKEN)
         .await

@@ -169,6 +169,7 @@ async fn start(
         Arc::new(gbrain_coordinator::LocalStreams(Arc::clone(&ingest))),
         std::slice::from_ref(&endpoint),
         clock,
+        gbrain_coordinator::CoordinatorMetrics::register(&mut registry),
     )?;
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(serve_cluster(

@@ -145,6 +145,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             Arc::new(gbrain_coordinator::LocalStreams(Arc::clone(&ingest))),
             &endpoints,
             Arc::new(SystemClock),
+            gbrain_coordinator::CoordinatorMetrics::register(&mut registry),
         )?)
     };
     println!(

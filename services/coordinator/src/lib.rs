@@ -23,6 +23,7 @@ pub mod decoder;
 pub mod dsp;
 mod error;
 pub mod kserve;
+mod metrics;
 pub mod offline;
 pub mod rng;
 pub mod service;
@@ -36,6 +37,7 @@ use gbrain_common::clock::Clock;
 use gbrain_proto::coordinator::v1 as pb;
 
 pub use error::{Error, Result};
+pub use metrics::CoordinatorMetrics;
 
 /// The gRPC service name, for health and reflection.
 pub const SERVICE_NAME: &str = "globalbrain.coordinator.v1.LoopService";
@@ -76,6 +78,7 @@ pub struct Coordinator {
     source: Arc<dyn SampleSource>,
     pool: Arc<kserve::Pool>,
     clock: Arc<dyn Clock>,
+    metrics: CoordinatorMetrics,
     sessions: Mutex<HashMap<String, Arc<session::Session>>>,
 }
 
@@ -84,11 +87,13 @@ impl Coordinator {
         source: Arc<dyn SampleSource>,
         inference: &[String],
         clock: Arc<dyn Clock>,
+        metrics: CoordinatorMetrics,
     ) -> Result<Arc<Self>> {
         Ok(Arc::new(Self {
             source,
             pool: Arc::new(kserve::Pool::new(inference)?),
             clock,
+            metrics,
             sessions: Mutex::new(HashMap::new()),
         }))
     }
@@ -137,6 +142,7 @@ impl Coordinator {
             feed.recording_id.clone(),
             spec,
             authorization,
+            self.metrics.clone(),
         ));
         self.sessions()
             .insert(session.id.clone(), Arc::clone(&session));

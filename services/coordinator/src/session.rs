@@ -197,6 +197,7 @@ pub struct Session {
     authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     feedback: broadcast::Sender<pb::FeedbackMessage>,
     state: Mutex<State>,
+    metrics: crate::CoordinatorMetrics,
     pub stop: CancellationToken,
 }
 
@@ -226,8 +227,10 @@ impl Session {
         recording_id: String,
         spec: Spec,
         authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+        metrics: crate::CoordinatorMetrics,
     ) -> Self {
         Self {
+            metrics,
             id,
             tenant,
             recording_id,
@@ -291,6 +294,7 @@ impl Session {
         );
         st.stats.outcomes += n;
         st.stats.correct += correct;
+        self.metrics.outcomes.inc_by(n);
         if self.spec.mode == Mode::Supervised {
             for (score, _) in hits {
                 st.adapter.learn(score, label);
@@ -311,6 +315,7 @@ impl Session {
                     st.adapter.observe(raw);
                 }
                 st.stats.windows += 1;
+                self.metrics.windows.inc();
                 st.recent.push_back((p.window, raw, class));
                 if st.recent.len() > RECENT_WINDOWS {
                     st.recent.pop_front();
@@ -325,6 +330,7 @@ impl Session {
             }
             Ok(inferred) => {
                 self.state().stats.errors += 1;
+                self.metrics.window_errors.inc();
                 pb::feedback_message::Result::Error(format!(
                     "the decoder gave {} probabilities; a two-class decoder gives 2",
                     inferred.probabilities.len()
@@ -332,9 +338,14 @@ impl Session {
             }
             Err(e) => {
                 self.state().stats.errors += 1;
+                self.metrics.window_errors.inc();
                 pb::feedback_message::Result::Error(e.to_string())
             }
         };
+        let sent_ns = clock.now_ns();
+        self.metrics
+            .window_seconds
+            .observe((sent_ns - p.received_ns).max(0) as f64 / 1e9);
         let _ = self.feedback.send(pb::FeedbackMessage {
             session_id: self.id.clone(),
             window: p.window,
@@ -345,7 +356,7 @@ impl Session {
                 source_ns: p.source_ns,
                 received_ns: p.received_ns,
                 inferred_ns,
-                sent_ns: clock.now_ns(),
+                sent_ns,
             }),
         });
     }
@@ -489,6 +500,7 @@ pub async fn run(
             return;
         }
     };
+    session.metrics.sessions_active.inc();
     let mut in_flight = FuturesOrdered::new();
     let mut window = 0u64;
     let mut ended = false;
@@ -545,5 +557,6 @@ pub async fn run(
         }
     }
     session.state().running = false;
+    session.metrics.sessions_active.dec();
     tracing::info!(session = %session.id, "loop session ended");
 }
