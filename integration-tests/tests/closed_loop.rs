@@ -12,8 +12,8 @@ use gbrain_integration_tests::{ANALYST_TOKEN, OTHER_TENANT_TOKEN, SUBMITTER_TOKE
 use gbrain_proto::coordinator::v1 as pb;
 use gbrain_proto::coordinator::v1::loop_service_client::LoopServiceClient;
 use gbrain_proto::ingest::v1::{
-    PackedSamples, StreamChannel, StreamChunk, StreamLayout, StreamOpen, StreamRequest,
-    StreamResponse, stream_chunk, stream_request, stream_response,
+    PackedSamples, StreamChunk, StreamOpen, StreamRequest, StreamResponse, stream_chunk,
+    stream_request, stream_response,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,40 +23,14 @@ const HOP: usize = 25;
 const SECONDS: usize = 120;
 
 fn start_request(stream_id: &str, model: &str) -> pb::StartSessionRequest {
-    pb::StartSessionRequest {
-        stream_id: stream_id.into(),
-        decoder: Some(pb::Decoder {
-            model: model.into(),
-            version: 0,
-        }),
-        windowing: Some(pb::Windowing {
-            window_s: 1.0,
-            hop_s: 0.1,
-            channels: vec!["C3".into(), "C4".into()],
-            preprocessing: Some(pb::Preprocessing {
-                reference: pb::preprocessing::Reference::CommonAverage as i32,
-                bandpass: None,
-                bands: vec![
-                    pb::Band {
-                        lo_hz: 8.0,
-                        hi_hz: 13.0,
-                    },
-                    pb::Band {
-                        lo_hz: 18.0,
-                        hi_hz: 25.0,
-                    },
-                ],
-                log: true,
-                zscore: false,
-            }),
-        }),
-        adaptation: Some(pb::Adaptation {
-            mode: pb::adaptation::Mode::Unsupervised as i32,
-            rate: 0.01,
-        }),
-        // Debug builds on a loaded machine: generous.
-        deadline_ms: 5000.0,
-    }
+    // Debug builds on a loaded machine: a generous deadline.
+    gbrain_cli::loop_sim::motor_imagery_session(
+        stream_id,
+        model,
+        pb::adaptation::Mode::Unsupervised,
+        0.01,
+        5000.0,
+    )
 }
 
 async fn loop_client(
@@ -106,19 +80,7 @@ async fn a_synthetic_subject_is_decoded_window_by_window_with_feedback() {
     })
     .unwrap();
     let width = subject.channels().len();
-    let layout = StreamLayout {
-        sample_rate: subject.sample_rate(),
-        channels: subject
-            .channels()
-            .iter()
-            .map(|l| StreamChannel {
-                label: l.clone(),
-                r#type: "EEG".into(),
-                unit: "uV".into(),
-                resolution: 0.0,
-            })
-            .collect(),
-    };
+    let layout = gbrain_cli::loop_sim::stream_layout(&subject);
     let mut ingest = sb.client_with(Some(SUBMITTER_TOKEN)).await;
     let (tx, rx) = mpsc::channel(4);
     tx.send(StreamRequest {

@@ -329,7 +329,6 @@ async fn bad_streams_get_clear_errors_and_tenants_stay_apart() {
         panic!("expected opened");
     };
     assert_eq!(o.last_seq, 0);
-    // Open streams hold a graceful shutdown until they end.
     drop(c);
 
     // Without a token, nothing.
@@ -340,4 +339,25 @@ async fn bad_streams_get_clear_errors_and_tenants_stay_apart() {
     let e = anon.stream(ReceiverStream::new(rx)).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     sandbox.stop().await;
+}
+
+#[tokio::test]
+async fn a_draining_node_ends_open_streams_with_unavailable() {
+    let sandbox = Sandbox::start().await;
+    let mut client = sandbox.client_with(Some(SUBMITTER_TOKEN)).await;
+    let mut c = Conn::new(&mut client, open("drain-1", Some(layout()))).await;
+    assert!(matches!(
+        c.next().await.unwrap(),
+        stream_response::Kind::Opened(_)
+    ));
+    c.send(packed(1)).await;
+    assert_eq!(ack(c.next().await.unwrap()), (1, SAMPLES as u64));
+    // Shutdown starts: the open stream ends at once, telling the client to resume.
+    let stop = tokio::spawn(sandbox.stop());
+    let e = c.next().await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("resume"), "{e:?}");
+    drop(c);
+    drop(client);
+    stop.await.unwrap();
 }

@@ -15,8 +15,8 @@ use gbrain_proto::coordinator::v1::loop_service_client::LoopServiceClient;
 use gbrain_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use gbrain_proto::ingest::v1::ingest_service_client::IngestServiceClient;
 use gbrain_proto::ingest::v1::{
-    PackedSamples, StreamChannel, StreamChunk, StreamLayout, StreamOpen, StreamRequest,
-    StreamResponse, stream_chunk, stream_request, stream_response,
+    PackedSamples, StreamChunk, StreamOpen, StreamRequest, StreamResponse, stream_chunk,
+    stream_request, stream_response,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -126,19 +126,7 @@ async fn a_killed_inference_node_leaves_no_window_unanswered() {
         ..SubjectConfig::default()
     })
     .unwrap();
-    let layout = StreamLayout {
-        sample_rate: 250.0,
-        channels: subject
-            .channels()
-            .iter()
-            .map(|l| StreamChannel {
-                label: l.clone(),
-                r#type: "EEG".into(),
-                unit: "uV".into(),
-                resolution: 0.0,
-            })
-            .collect(),
-    };
+    let layout = gbrain_cli::loop_sim::stream_layout(&subject);
     let mut ingest = IngestServiceClient::with_interceptor(
         channel(&up.endpoint()).await,
         Bearer::new(Some(SUBMITTER_TOKEN)).unwrap(),
@@ -164,39 +152,13 @@ async fn a_killed_inference_node_leaves_no_window_unanswered() {
         Bearer::new(Some(ANALYST_TOKEN)).unwrap(),
     );
     let session = looping
-        .start_session(pb::StartSessionRequest {
-            stream_id: "fault-subject".into(),
-            decoder: Some(pb::Decoder {
-                model: "mi-lda".into(),
-                version: 0,
-            }),
-            windowing: Some(pb::Windowing {
-                window_s: 1.0,
-                hop_s: 0.1,
-                channels: vec!["C3".into(), "C4".into()],
-                preprocessing: Some(pb::Preprocessing {
-                    reference: pb::preprocessing::Reference::CommonAverage as i32,
-                    bandpass: None,
-                    bands: vec![
-                        pb::Band {
-                            lo_hz: 8.0,
-                            hi_hz: 13.0,
-                        },
-                        pb::Band {
-                            lo_hz: 18.0,
-                            hi_hz: 25.0,
-                        },
-                    ],
-                    log: true,
-                    zscore: false,
-                }),
-            }),
-            adaptation: Some(pb::Adaptation {
-                mode: pb::adaptation::Mode::Supervised as i32,
-                rate: 0.01,
-            }),
-            deadline_ms: 2000.0,
-        })
+        .start_session(gbrain_cli::loop_sim::motor_imagery_session(
+            "fault-subject",
+            "mi-lda",
+            pb::adaptation::Mode::Supervised,
+            0.01,
+            2000.0,
+        ))
         .await
         .unwrap()
         .into_inner();

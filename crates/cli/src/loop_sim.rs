@@ -33,6 +33,59 @@ pub const DEFAULT_MODEL: &str = "synthetic-mi-lda";
 const HOP: usize = 25;
 const WINDOW: usize = 250;
 
+/// A stream layout for a subject: every channel EEG in µV at the default resolution.
+pub fn stream_layout(subject: &Subject) -> StreamLayout {
+    StreamLayout {
+        sample_rate: subject.sample_rate(),
+        channels: subject
+            .channels()
+            .iter()
+            .map(|l| StreamChannel {
+                label: l.clone(),
+                r#type: "EEG".into(),
+                unit: "uV".into(),
+                resolution: 0.0,
+            })
+            .collect(),
+    }
+}
+
+/// The motor-imagery loop session: 1 s windows every 100 ms, common average reference, log
+/// mu (8-13 Hz) and beta (18-25 Hz) power of C3 and C4, decoded by `model`'s newest version.
+pub fn motor_imagery_session(
+    stream_id: &str,
+    model: &str,
+    mode: pb::adaptation::Mode,
+    rate: f64,
+    deadline_ms: f64,
+) -> pb::StartSessionRequest {
+    let band = |lo_hz, hi_hz| pb::Band { lo_hz, hi_hz };
+    pb::StartSessionRequest {
+        stream_id: stream_id.to_string(),
+        decoder: Some(pb::Decoder {
+            model: model.to_string(),
+            version: 0,
+        }),
+        windowing: Some(pb::Windowing {
+            window_s: 1.0,
+            hop_s: 0.1,
+            channels: vec!["C3".into(), "C4".into()],
+            preprocessing: Some(pb::Preprocessing {
+                reference: pb::preprocessing::Reference::CommonAverage as i32,
+                bandpass: None,
+                bands: vec![band(8.0, 13.0), band(18.0, 25.0)],
+                log: true,
+                zscore: false,
+            }),
+        }),
+        adaptation: Some(pb::Adaptation {
+            mode: mode as i32,
+            rate,
+        }),
+        deadline_ms,
+    }
+}
+
 /// What to simulate.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -270,19 +323,7 @@ async fn one_session(
         );
     let mut looping = LoopServiceClient::with_interceptor(channel, bearer);
 
-    let layout = StreamLayout {
-        sample_rate: rate,
-        channels: subject
-            .channels()
-            .iter()
-            .map(|l| StreamChannel {
-                label: l.clone(),
-                r#type: "EEG".into(),
-                unit: "uV".into(),
-                resolution: 0.0,
-            })
-            .collect(),
-    };
+    let layout = stream_layout(&subject);
     let (tx, rx) = mpsc::channel(64);
     tx.send(StreamRequest {
         kind: Some(stream_request::Kind::Open(StreamOpen {
@@ -304,39 +345,13 @@ async fn one_session(
         other => bail!("the stream did not open: {other:?}"),
     }
     let session = looping
-        .start_session(pb::StartSessionRequest {
-            stream_id: stream_id.to_string(),
-            decoder: Some(pb::Decoder {
-                model: model.to_string(),
-                version: 0,
-            }),
-            windowing: Some(pb::Windowing {
-                window_s: WINDOW as f64 / rate,
-                hop_s: HOP as f64 / rate,
-                channels: vec!["C3".into(), "C4".into()],
-                preprocessing: Some(pb::Preprocessing {
-                    reference: pb::preprocessing::Reference::CommonAverage as i32,
-                    bandpass: None,
-                    bands: vec![
-                        pb::Band {
-                            lo_hz: 8.0,
-                            hi_hz: 13.0,
-                        },
-                        pb::Band {
-                            lo_hz: 18.0,
-                            hi_hz: 25.0,
-                        },
-                    ],
-                    log: true,
-                    zscore: false,
-                }),
-            }),
-            adaptation: Some(pb::Adaptation {
-                mode: opts.adaptation as i32,
-                rate: opts.rate,
-            }),
-            deadline_ms: opts.deadline_ms,
-        })
+        .start_session(motor_imagery_session(
+            stream_id,
+            model,
+            opts.adaptation,
+            opts.rate,
+            opts.deadline_ms,
+        ))
         .await
         .context("starting the loop session")?
         .into_inner();

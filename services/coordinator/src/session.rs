@@ -27,8 +27,8 @@ use crate::{Error, Result};
 
 /// Windows a session decodes at once.
 pub const MAX_IN_FLIGHT: usize = 8;
-/// Windows whose scores a session keeps for outcomes reported late.
-pub const RECENT_WINDOWS: usize = 100_000;
+/// Windows whose scores a session keeps for outcomes reported late: an hour at a 100 ms hop.
+pub const RECENT_WINDOWS: usize = 36_000;
 /// Feedback messages a slow feedback reader may fall behind by.
 pub const FEEDBACK_BUFFER: usize = 4096;
 
@@ -557,6 +557,8 @@ pub async fn run(
         }
     }
     session.state().running = false;
+    // Ended: the coordinator forgets it when the next session starts.
+    session.stop.cancel();
     session.metrics.sessions_active.dec();
     tracing::info!(session = %session.id, "loop session ended");
 }

@@ -38,6 +38,10 @@ pub enum Error {
     #[error("{0}")]
     Conflict(String),
 
+    /// The node is draining: the client should resume elsewhere or after the restart.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+
     /// The request stream itself failed (a message that did not decode or was too large, or a
     /// client that went away): its status, unchanged.
     #[error("request stream: {}", .0.message())]
@@ -84,6 +88,7 @@ impl Error {
             | Self::TooLarge { .. }
             | Self::Cancelled(_)
             | Self::Conflict(_)
+            | Self::Unavailable(_)
             | Self::Stream(_) => true,
             Self::Format(e) => !matches!(e, gbrain_formats::Error::Io(_)),
             Self::Storage(_) | Self::Catalog(_) | Self::Internal(_) | Self::Startup(_) => false,
@@ -122,6 +127,7 @@ impl From<Error> for Status {
             Error::Catalog(_) => Status::unavailable(msg),
             Error::Cancelled(_) => Status::cancelled(msg),
             Error::Conflict(_) => Status::aborted(msg),
+            Error::Unavailable(_) => Status::unavailable(msg),
             Error::Stream(status) => status,
             Error::Internal(_) | Error::Startup(_) => Status::internal(msg),
         }

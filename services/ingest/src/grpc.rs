@@ -435,7 +435,18 @@ async fn live_stream(
         samples: position.samples,
     }))
     .await?;
-    while let Some(message) = inbound.message().await.map_err(Error::Stream)? {
+    loop {
+        let message = tokio::select! {
+            m = inbound.message() => m.map_err(Error::Stream)?,
+            () = ingest.draining.cancelled() => {
+                return Err(Error::Unavailable(
+                    "this ingest node is shutting down; open the stream again to resume after \
+                     the last acknowledged chunk"
+                        .into(),
+                ));
+            }
+        };
+        let Some(message) = message else { break };
         match message.kind {
             Some(stream_request::Kind::Chunk(chunk)) => {
                 let samples = match chunk.data {

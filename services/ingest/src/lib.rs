@@ -126,6 +126,10 @@ pub struct Ingest {
     pub(crate) conversions: Semaphore,
     pub(crate) sessions: upload::Sessions,
     pub(crate) live: Option<live::Live>,
+    /// Cancelled when the node starts to drain: open live streams end with Unavailable, so
+    /// that their clients resume (after the restart, or on another node) instead of holding
+    /// the shutdown open.
+    pub(crate) draining: CancellationToken,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -172,6 +176,7 @@ impl Ingest {
             conversions: Semaphore::new(config.max_concurrent_conversions.max(1)),
             config,
             sessions: upload::Sessions::default(),
+            draining: CancellationToken::new(),
         }))
     }
 
@@ -185,6 +190,11 @@ impl Ingest {
     /// The live streams, when the node has a write-ahead log.
     pub fn live(&self) -> Option<&live::Live> {
         self.live.as_ref()
+    }
+
+    /// Ends open live streams with Unavailable: the node is shutting down.
+    pub fn drain(&self) {
+        self.draining.cancel();
     }
 
     /// The catalog, for read paths that other services share.
@@ -309,7 +319,14 @@ pub fn spawn_live_flusher(
     let ingest = Arc::clone(ingest);
     Some(tokio::spawn(async move {
         if let Some(live) = ingest.live() {
-            live.run_flusher(shutdown).await;
+            let drain = {
+                let (ingest, shutdown) = (Arc::clone(&ingest), shutdown.clone());
+                async move {
+                    shutdown.cancelled().await;
+                    ingest.drain();
+                }
+            };
+            tokio::join!(live.run_flusher(shutdown), drain);
         }
     }))
 }
