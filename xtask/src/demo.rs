@@ -348,9 +348,9 @@ pub fn demo(root: &Path) -> anyhow::Result<()> {
         ("off", "the decoder as fitted (no adaptation)"),
         ("unsupervised", "with the adaptive decision layer"),
     ] {
-        println!("   {what}, four minutes of two subjects, sent as fast as acked:");
+        println!("   {what}, ten minutes of two subjects, sent as fast as acked:");
         println!(
-            "   $ gbrain loop simulate --sessions 2 --seconds 240 --drift 0.1 --adaptation {mode} --fast"
+            "   $ gbrain loop simulate --sessions 2 --seconds 600 --drift 0.1 --adaptation {mode} --fast"
         );
         print!(
             "{}",
@@ -363,7 +363,7 @@ pub fn demo(root: &Path) -> anyhow::Result<()> {
                     "--sessions",
                     "2",
                     "--seconds",
-                    "240",
+                    "600",
                     "--drift",
                     "0.1",
                     "--adaptation",
@@ -374,13 +374,13 @@ pub fn demo(root: &Path) -> anyhow::Result<()> {
         );
     }
     println!("   live at the subjects' own pace (a chunk every 100 ms), four sessions:");
-    println!("   $ gbrain loop simulate --sessions 4 --seconds 20");
+    println!("   $ gbrain loop simulate --sessions 4 --seconds 30");
     print!(
         "{}",
         indent(&gbrain(
             &bin,
             &cluster,
-            &["loop", "simulate", "--sessions", "4", "--seconds", "20"],
+            &["loop", "simulate", "--sessions", "4", "--seconds", "30"],
         )?)
     );
     println!("   the decoder the loop used:");

@@ -126,6 +126,8 @@ pub struct Report {
     pub sessions: Vec<SessionResult>,
     pub wall: Duration,
     pub model: String,
+    /// Whether the subjects were sent at their own pace.
+    pub realtime: bool,
 }
 
 fn percentile(sorted: &[i64], p: f64) -> f64 {
@@ -214,6 +216,12 @@ impl Report {
             ));
         }
         out.push_str(&format!("  overall:   {:>5.1}%\n", 100.0 * self.accuracy()));
+        if !self.realtime {
+            out.push_str(
+                "(sent as fast as acknowledged, not at the subjects' pace: latencies include \
+                 queueing)\n",
+            );
+        }
         for (name, v) in [
             ("window to feedback, end to end", &e2e),
             ("in the coordinator (ack to sent)", &coord),
@@ -280,6 +288,7 @@ pub async fn simulate(args: &ClientArgs, opts: &Options) -> anyhow::Result<Repor
         sessions,
         wall: started.elapsed(),
         model,
+        realtime: opts.realtime,
     })
 }
 
@@ -366,6 +375,9 @@ async fn one_session(
     let expected = ((hops * HOP).saturating_sub(WINDOW)) / HOP + 1;
     // When each chunk's last sample was sent, by chunk number.
     let sent_at: Arc<Mutex<HashMap<u64, i64>>> = Arc::default();
+    // Feedback messages read: a fast sender stays within a bound of them, so that the session
+    // never falls more than its buffer behind the stream.
+    let progress: Arc<std::sync::atomic::AtomicU64> = Arc::default();
     let trials: Arc<Mutex<Vec<Trial>>> = Arc::default();
 
     // Acks.
@@ -389,6 +401,7 @@ async fn one_session(
 
     // Feedback, and outcomes once a trial's windows are all decoded.
     let (feedback_sent, feedback_trials) = (Arc::clone(&sent_at), Arc::clone(&trials));
+    let read = Arc::clone(&progress);
     let mut outcome_client = looping.clone();
     let session_id = session.session_id.clone();
     let reader = tokio::spawn(async move {
@@ -396,14 +409,19 @@ async fn one_session(
             session_id: session_id.clone(),
             ..SessionResult::default()
         };
-        let mut labels: HashMap<u64, u8> = HashMap::new();
-        let mut reported = 0usize;
+        // Predicted windows, (class, end sample), for trials that end later.
+        let mut predicted: HashMap<u64, (u32, u64)> = HashMap::new();
+        // Finished trials whose windows are not all decoded yet: (first, last, class).
+        let mut pending: Vec<(u64, u64, u8)> = Vec::new();
+        let mut taken = 0usize;
+        let mut last_window = 0u64;
         while (r.windows + r.errors) < expected as u64 {
             let m = match tokio::time::timeout(Duration::from_secs(30), feedback.message()).await {
                 Ok(Ok(Some(m))) => m,
                 _ => break,
             };
             let received = now_ns();
+            read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let stamps = m.stamps.unwrap_or_default();
             r.coordinator_ns.push(stamps.sent_ns - stamps.received_ns);
             // The window's last sample is the chunk's last when windows end on hops.
@@ -415,47 +433,55 @@ async fn one_session(
             {
                 r.end_to_end_ns.push(received - t);
             }
-            // Labels of finished trials.
-            {
-                let trials = feedback_trials.lock().unwrap_or_else(|p| p.into_inner());
-                for t in trials.iter().skip(reported) {
-                    if let Some((a, b)) = trial_windows(t) {
-                        for k in a..=b {
-                            labels.insert(k, t.class);
-                        }
-                    }
-                }
-                reported = trials.len();
-            }
             match m.result {
                 Some(pb::feedback_message::Result::Prediction(p)) => {
                     r.windows += 1;
-                    if let Some(&label) = labels.get(&m.window) {
-                        let minute = (m.end_sample as f64 / (rate * 60.0)) as usize;
+                    predicted.insert(m.window, (p.class, m.end_sample));
+                }
+                _ => r.errors += 1,
+            }
+            last_window = last_window.max(m.window);
+            {
+                let trials = feedback_trials.lock().unwrap_or_else(|p| p.into_inner());
+                pending.extend(
+                    trials
+                        .iter()
+                        .skip(taken)
+                        .filter_map(|t| trial_windows(t).map(|(a, b)| (a, b, t.class))),
+                );
+                taken = trials.len();
+            }
+            // Trials whose windows are all decoded: score them and report their outcome.
+            let ready: Vec<(u64, u64, u8)> = pending
+                .iter()
+                .filter(|(_, b, _)| *b <= last_window)
+                .copied()
+                .collect();
+            pending.retain(|(_, b, _)| *b > last_window);
+            for (a, b, label) in ready {
+                for k in a..=b {
+                    if let Some(&(class, end)) = predicted.get(&k) {
+                        let minute = (end as f64 / (rate * 60.0)) as usize;
                         if r.by_minute.len() <= minute {
                             r.by_minute.resize(minute + 1, (0, 0));
                         }
                         r.by_minute[minute].0 += 1;
-                        r.by_minute[minute].1 += u64::from(p.class == u32::from(label));
-                        // The trial's last window: report its outcome.
-                        if labels.get(&(m.window + 1)) != Some(&label) {
-                            let first = (1..=m.window)
-                                .rev()
-                                .take_while(|k| labels.get(k) == Some(&label))
-                                .last()
-                                .unwrap_or(m.window);
-                            let _ = outcome_client
-                                .report_outcome(pb::ReportOutcomeRequest {
-                                    session_id: session_id.clone(),
-                                    first_window: first,
-                                    last_window: m.window,
-                                    label: u32::from(label),
-                                })
-                                .await;
-                        }
+                        r.by_minute[minute].1 += u64::from(class == u32::from(label));
                     }
                 }
-                _ => r.errors += 1,
+                let _ = outcome_client
+                    .report_outcome(pb::ReportOutcomeRequest {
+                        session_id: session_id.clone(),
+                        first_window: a,
+                        last_window: b,
+                        label: u32::from(label),
+                    })
+                    .await;
+            }
+            // A trial is known once it ends, at most its imagery after its windows: keep
+            // a margin of windows, not the whole session.
+            if m.window.is_multiple_of(100) {
+                predicted.retain(|k, _| k + 400 > last_window);
             }
         }
         r
@@ -468,6 +494,10 @@ async fn one_session(
     for seq in 1..=hops as u64 {
         if opts.realtime {
             tick.tick().await;
+        } else {
+            while seq > progress.load(std::sync::atomic::Ordering::Relaxed) + 256 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         }
         let values = subject.generate(HOP);
         {
