@@ -12,11 +12,9 @@ use gbrain_integration_tests::{ANALYST_TOKEN, OTHER_TENANT_TOKEN, SUBMITTER_TOKE
 use gbrain_proto::coordinator::v1 as pb;
 use gbrain_proto::coordinator::v1::loop_service_client::LoopServiceClient;
 use gbrain_proto::ingest::v1::{
-    PackedSamples, StreamChunk, StreamOpen, StreamRequest, StreamResponse, stream_chunk,
-    stream_request, stream_response,
+    PackedSamples, StreamChunk, StreamRequest, StreamResponse, stream_chunk, stream_request,
+    stream_response,
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 const HOP: usize = 25;
@@ -82,27 +80,10 @@ async fn a_synthetic_subject_is_decoded_window_by_window_with_feedback() {
     let width = subject.channels().len();
     let layout = gbrain_cli::loop_sim::stream_layout(&subject);
     let mut ingest = sb.client_with(Some(SUBMITTER_TOKEN)).await;
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(StreamRequest {
-        kind: Some(stream_request::Kind::Open(StreamOpen {
-            stream_id: "subject-300".into(),
-            layout: Some(layout),
-            metadata: None,
-        })),
-    })
-    .await
-    .unwrap();
-    let mut acks = ingest
-        .stream(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(matches!(
-        acks.message().await.unwrap(),
-        Some(StreamResponse {
-            kind: Some(stream_response::Kind::Opened(_))
-        })
-    ));
+    let (tx, mut acks, _) =
+        gbrain_cli::loop_sim::open_stream(&mut ingest, "subject-300", Some(layout), None)
+            .await
+            .unwrap();
 
     // Bad sessions get clear errors.
     let mut analyst = loop_client(&sb, ANALYST_TOKEN).await;

@@ -15,11 +15,9 @@ use gbrain_proto::coordinator::v1::loop_service_client::LoopServiceClient;
 use gbrain_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use gbrain_proto::ingest::v1::ingest_service_client::IngestServiceClient;
 use gbrain_proto::ingest::v1::{
-    PackedSamples, StreamChunk, StreamOpen, StreamRequest, StreamResponse, stream_chunk,
-    stream_request, stream_response,
+    PackedSamples, StreamChunk, StreamRequest, StreamResponse, stream_chunk, stream_request,
+    stream_response,
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 const HOP: usize = 25;
 const SECONDS: usize = 60;
@@ -131,22 +129,10 @@ async fn a_killed_inference_node_leaves_no_window_unanswered() {
         channel(&up.endpoint()).await,
         Bearer::new(Some(SUBMITTER_TOKEN)).unwrap(),
     );
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(StreamRequest {
-        kind: Some(stream_request::Kind::Open(StreamOpen {
-            stream_id: "fault-subject".into(),
-            layout: Some(layout),
-            metadata: None,
-        })),
-    })
-    .await
-    .unwrap();
-    let mut acks = ingest
-        .stream(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    acks.message().await.unwrap().unwrap();
+    let (tx, mut acks, _) =
+        gbrain_cli::loop_sim::open_stream(&mut ingest, "fault-subject", Some(layout), None)
+            .await
+            .unwrap();
     let mut looping = LoopServiceClient::with_interceptor(
         channel(&up.endpoint()).await,
         Bearer::new(Some(ANALYST_TOKEN)).unwrap(),

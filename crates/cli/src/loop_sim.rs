@@ -50,6 +50,36 @@ pub fn stream_layout(subject: &Subject) -> StreamLayout {
     }
 }
 
+/// Opens (or resumes) a live stream on `client`: the sender for its chunks, the responses
+/// after `Opened`, and `Opened` itself.
+pub async fn open_stream(
+    client: &mut crate::client::Ingest,
+    stream_id: &str,
+    layout: Option<StreamLayout>,
+    metadata: Option<gbrain_proto::ingest::v1::RecordingMetadata>,
+) -> anyhow::Result<(
+    mpsc::Sender<StreamRequest>,
+    tonic::Streaming<StreamResponse>,
+    gbrain_proto::ingest::v1::StreamOpened,
+)> {
+    let (tx, rx) = mpsc::channel(64);
+    tx.send(StreamRequest {
+        kind: Some(stream_request::Kind::Open(StreamOpen {
+            stream_id: stream_id.to_string(),
+            layout,
+            metadata,
+        })),
+    })
+    .await?;
+    let mut responses = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+    match responses.message().await? {
+        Some(StreamResponse {
+            kind: Some(stream_response::Kind::Opened(opened)),
+        }) => Ok((tx, responses, opened)),
+        other => bail!("the stream did not open: {other:?}"),
+    }
+}
+
 /// The motor-imagery loop session: 1 s windows every 100 ms, common average reference, log
 /// mu (8-13 Hz) and beta (18-25 Hz) power of C3 and C4, decoded by `model`'s newest version.
 pub fn motor_imagery_session(
@@ -333,26 +363,17 @@ async fn one_session(
     let mut looping = LoopServiceClient::with_interceptor(channel, bearer);
 
     let layout = stream_layout(&subject);
-    let (tx, rx) = mpsc::channel(64);
-    tx.send(StreamRequest {
-        kind: Some(stream_request::Kind::Open(StreamOpen {
-            stream_id: stream_id.to_string(),
-            layout: Some(layout),
-            metadata: Some(gbrain_proto::ingest::v1::RecordingMetadata {
-                subject: format!("synthetic-{seed}"),
-                task: "motor-imagery".into(),
-                ..Default::default()
-            }),
-        })),
-    })
+    let (tx, mut acks, _) = open_stream(
+        &mut ingest,
+        stream_id,
+        Some(layout),
+        Some(gbrain_proto::ingest::v1::RecordingMetadata {
+            subject: format!("synthetic-{seed}"),
+            task: "motor-imagery".into(),
+            ..Default::default()
+        }),
+    )
     .await?;
-    let mut acks = ingest.stream(ReceiverStream::new(rx)).await?.into_inner();
-    match acks.message().await? {
-        Some(StreamResponse {
-            kind: Some(stream_response::Kind::Opened(_)),
-        }) => {}
-        other => bail!("the stream did not open: {other:?}"),
-    }
     let session = looping
         .start_session(motor_imagery_session(
             stream_id,
