@@ -205,9 +205,9 @@ impl Sandbox {
         let addr = grpc.local_addr().expect("addr");
         let http_addr = http.local_addr().expect("addr");
         let coordinator = inference.as_ref().map(|_| {
-            gbrain_coordinator::Coordinator::new(
-                Arc::new(gbrain_coordinator::LocalStreams(Arc::clone(&ingest))),
-                &[format!("http://{addr}")],
+            gbrain_coordinator::Coordinator::embedded(
+                &ingest,
+                vec![format!("http://{addr}")],
                 Arc::new(SystemClock),
                 gbrain_coordinator::CoordinatorMetrics::register(&mut registry),
             )

@@ -224,6 +224,81 @@ async fn a_synthetic_subject_is_decoded_window_by_window_with_feedback() {
         reported.1 += r.correct;
     }
     assert_eq!(reported, (labelled as u64, hits as u64));
+    // Predictions and outcomes are tables, fused with each other and the recording; an
+    // acknowledged outcome is stored, and so is every window's prediction before it.
+    let sid = &session.session_id;
+    let r = sb
+        .sql(
+            ANALYST_TOKEN,
+            &format!(
+                "SELECT count(*) AS n, count(DISTINCT window_number) AS w, min(model) AS m \
+                 FROM predictions WHERE session_id = '{sid}' AND role = 'live' \
+                 AND window_number <= {}",
+                got.len()
+            ),
+        )
+        .await
+        .unwrap();
+    let int = |r: &arrow::array::RecordBatch, c: usize| {
+        arrow::compute::cast(r.column(c), &arrow::datatypes::DataType::Int64)
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap()
+            .value(0)
+    };
+    assert_eq!(
+        int(&r, 0),
+        got.len() as i64,
+        "one live prediction per window"
+    );
+    assert_eq!(int(&r, 1), got.len() as i64);
+    let r = sb
+        .sql(
+            ANALYST_TOKEN,
+            &format!(
+                "SELECT count(*), sum(windows), sum(correct) FROM outcomes \
+                 WHERE session_id = '{sid}'"
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (int(&r, 0), int(&r, 1), int(&r, 2)),
+        (trial_windows.len() as i64, labelled as i64, hits as i64)
+    );
+    let r = sb
+        .sql(
+            ANALYST_TOKEN,
+            &format!(
+                "SELECT count(*) AS n, \
+                 sum(CASE WHEN p.class = o.label THEN 1 ELSE 0 END) AS correct, \
+                 count(DISTINCT r.format) AS formats, min(r.format) AS format \
+                 FROM predictions p \
+                 JOIN outcomes o ON p.session_id = o.session_id \
+                 AND p.window_number BETWEEN o.first_window AND o.last_window \
+                 JOIN recordings r ON r.recording_id = p.recording_id \
+                 WHERE p.role = 'live' AND p.session_id = '{sid}'"
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!((int(&r, 0), int(&r, 1)), (labelled as i64, hits as i64));
+    assert_eq!(
+        arrow::compute::cast(r.column(3), &arrow::datatypes::DataType::Utf8)
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap()
+            .value(0),
+        "LIVE"
+    );
+    let other = sb
+        .sql(OTHER_TENANT_TOKEN, "SELECT count(*) FROM predictions")
+        .await
+        .unwrap();
+    assert_eq!(int(&other, 0), 0, "another tenant sees no predictions");
+
     let e = analyst
         .report_outcome(pb::ReportOutcomeRequest {
             session_id: session.session_id.clone(),

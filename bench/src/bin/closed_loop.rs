@@ -65,7 +65,7 @@ fn main() -> anyhow::Result<()> {
         "end to end = a window's last chunk sent to its feedback received (client); coordinator = \
          acknowledged by ingest to feedback sent\n"
     );
-    let model = load.block_on(loop_sim::push_calibrated(&client, 7))?;
+    let (model, _) = load.block_on(loop_sim::push_calibrated(&client, 7))?;
     println!(
         "{:>8} {:>8} {:>6} {:>26} {:>26} {:>20} {:>14}",
         "sessions",
@@ -87,6 +87,7 @@ fn main() -> anyhow::Result<()> {
             rate: 0.01,
             realtime: true,
             deadline_ms: args.deadline_ms,
+            evolve: None,
         };
         let report = load.block_on(loop_sim::simulate(&client, &opts))?;
         let j = report.json();
@@ -165,9 +166,9 @@ async fn start(
     )?;
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let endpoint = format!("http://{}", grpc.local_addr()?);
-    let coordinator = gbrain_coordinator::Coordinator::new(
-        Arc::new(gbrain_coordinator::LocalStreams(Arc::clone(&ingest))),
-        std::slice::from_ref(&endpoint),
+    let coordinator = gbrain_coordinator::Coordinator::embedded(
+        &ingest,
+        vec![endpoint.clone()],
         clock,
         gbrain_coordinator::CoordinatorMetrics::register(&mut registry),
     )?;

@@ -7,8 +7,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 
 use crate::model::{
-    ChannelRow, DataFileRow, FileKind, LiveFlush, LiveStreamRow, NewRecording, Participant,
-    PendingWrite, RecordingRow, SegmentRow, TenantView, UploadRow,
+    ChannelRow, DataFileRow, FileKind, LiveFlush, LiveStreamRow, ModelDecision, NewRecording,
+    Participant, PendingWrite, RecordingRow, SegmentRow, TenantView, UploadRow,
 };
 use crate::schema::migrations;
 use crate::{Error, Result};
@@ -540,6 +540,89 @@ impl Catalog {
         Ok(AppendOutcome::Appended {
             total_events: total,
         })
+    }
+
+    /// Attaches a file of rows (predictions, outcomes) to a recording of `tenant` and clears
+    /// its pending write, in one transaction. False when there is no such recording.
+    pub async fn attach_file(
+        &self,
+        tenant: &str,
+        recording_id: &str,
+        file: &DataFileRow,
+        write_id: &str,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE recordings SET stored_bytes = stored_bytes + $1 \
+             WHERE tenant = $2 AND recording_id = $3",
+        )
+        .bind(file.size_bytes)
+        .bind(tenant)
+        .bind(recording_id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let seq = next_seq(&mut tx).await?;
+        insert_file(&mut tx, tenant, recording_id, file, seq).await?;
+        let cleared = sqlx::query("DELETE FROM pending_writes WHERE write_id = $1")
+            .bind(write_id)
+            .execute(&mut *tx)
+            .await?;
+        if cleared.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Err(Error::WriteCollected(write_id.to_string()));
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Records a decision about a model version; returns its commit.
+    pub async fn record_decision(&self, tenant: &str, d: &ModelDecision) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let seq = next_seq(&mut tx).await?;
+        sqlx::query(
+            "INSERT INTO model_decisions (tenant, commit_seq, model, version, parent_version, \
+             action, evidence_json, decided_ns) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(tenant)
+        .bind(seq)
+        .bind(&d.model)
+        .bind(d.version)
+        .bind(d.parent_version)
+        .bind(&d.action)
+        .bind(&d.evidence_json)
+        .bind(d.decided_ns)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    /// The tenant's model decisions up to commit `seq`, oldest first.
+    pub async fn model_decisions(&self, tenant: &str, seq: i64) -> Result<Vec<ModelDecision>> {
+        let rows = sqlx::query(
+            "SELECT model, version, parent_version, action, evidence_json, decided_ns \
+             FROM model_decisions WHERE tenant = $1 AND commit_seq <= $2 ORDER BY commit_seq",
+        )
+        .bind(tenant)
+        .bind(seq)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ModelDecision {
+                    model: r.try_get("model")?,
+                    version: r.try_get("version")?,
+                    parent_version: r.try_get("parent_version")?,
+                    action: r.try_get("action")?,
+                    evidence_json: r.try_get("evidence_json")?,
+                    decided_ns: r.try_get("decided_ns")?,
+                })
+            })
+            .collect()
     }
 
     async fn num_events(&self, tenant: &str, recording_id: &str) -> Result<i64> {

@@ -17,6 +17,6 @@ mod schema;
 pub use catalog::{AppendOutcome, Catalog, CommitOutcome, Dialect, LiveOpen};
 pub use error::{Error, Result};
 pub use model::{
-    ChannelRow, DataFileRow, FileKind, LiveFlush, LiveStreamRow, NewRecording, Participant,
-    PendingWrite, RecordingRow, SegmentRow, TenantView, UploadRow,
+    ChannelRow, DataFileRow, FileKind, LiveFlush, LiveStreamRow, ModelDecision, NewRecording,
+    Participant, PendingWrite, RecordingRow, SegmentRow, TenantView, UploadRow,
 };

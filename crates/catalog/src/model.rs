@@ -91,6 +91,10 @@ pub struct SegmentRow {
 pub enum FileKind {
     Signal,
     Events,
+    /// A loop session's decoded windows (the `predictions` table).
+    Predictions,
+    /// Outcomes reported to a loop session (the `outcomes` table).
+    Outcomes,
 }
 
 impl FileKind {
@@ -98,6 +102,8 @@ impl FileKind {
         match self {
             Self::Signal => "signal",
             Self::Events => "events",
+            Self::Predictions => "predictions",
+            Self::Outcomes => "outcomes",
         }
     }
 
@@ -105,9 +111,24 @@ impl FileKind {
         match s {
             "signal" => Some(Self::Signal),
             "events" => Some(Self::Events),
+            "predictions" => Some(Self::Predictions),
+            "outcomes" => Some(Self::Outcomes),
             _ => None,
         }
     }
+}
+
+/// A decision of the feedback loop about a model version (fit, shadow, canary, promote, roll
+/// back, reject), with its evidence as a JSON object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelDecision {
+    pub model: String,
+    pub version: i64,
+    /// The version it was fitted from, or is compared against.
+    pub parent_version: Option<i64>,
+    pub action: String,
+    pub evidence_json: String,
+    pub decided_ns: i64,
 }
 
 /// An object holding part of a recording.

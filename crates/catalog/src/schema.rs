@@ -198,5 +198,18 @@ pub(crate) fn migrations(dialect: Dialect) -> Vec<Vec<String>> {
         "ALTER TABLE data_files ADD COLUMN removed_seq BIGINT".to_string(),
         "ALTER TABLE data_files ADD COLUMN removed_ns BIGINT".to_string(),
     ];
-    vec![v1.to_vec(), v2.to_vec(), v3.to_vec()]
+    // v4: the feedback loop's decisions about model versions, with their evidence.
+    let v4 = ["CREATE TABLE IF NOT EXISTS model_decisions (
+            tenant TEXT NOT NULL,
+            commit_seq BIGINT NOT NULL,
+            model TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            parent_version BIGINT,
+            action TEXT NOT NULL,
+            evidence_json TEXT NOT NULL,
+            decided_ns BIGINT NOT NULL,
+            PRIMARY KEY (tenant, commit_seq)
+        )"
+    .to_string()];
+    vec![v1.to_vec(), v2.to_vec(), v3.to_vec(), v4.to_vec()]
 }

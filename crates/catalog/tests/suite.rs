@@ -4,7 +4,8 @@
 
 use gbrain_catalog::{
     AppendOutcome, Catalog, ChannelRow, CommitOutcome, DataFileRow, FileKind, LiveFlush, LiveOpen,
-    LiveStreamRow, NewRecording, Participant, PendingWrite, RecordingRow, SegmentRow, UploadRow,
+    LiveStreamRow, ModelDecision, NewRecording, Participant, PendingWrite, RecordingRow,
+    SegmentRow, UploadRow,
 };
 
 struct Db {
@@ -418,6 +419,64 @@ async fn stores_participants(c: &Catalog) {
     assert!(c.participants("b").await.unwrap().is_empty());
 }
 both!(stores_participants);
+
+async fn attaches_loop_files_and_records_decisions(c: &Catalog) {
+    commit(c, &recording("a", "r1", "s")).await;
+    let file = |kind: FileKind, p: &str| DataFileRow {
+        path: p.into(),
+        kind,
+        channel_index: None,
+        first_row: 0,
+        num_rows: 4,
+        size_bytes: 10,
+    };
+    pending(c, "a", "p1").await;
+    assert!(
+        c.attach_file("a", "r1", &file(FileKind::Predictions, "p1"), "p1")
+            .await
+            .unwrap()
+    );
+    pending(c, "a", "o1").await;
+    assert!(
+        c.attach_file("a", "r1", &file(FileKind::Outcomes, "o1"), "o1")
+            .await
+            .unwrap()
+    );
+    // Another tenant's recording of the same id does not exist for this one.
+    pending(c, "b", "p2").await;
+    assert!(
+        !c.attach_file("b", "r1", &file(FileKind::Predictions, "p2"), "p2")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        c.files("a", "r1", FileKind::Predictions).await.unwrap(),
+        vec![file(FileKind::Predictions, "p1")]
+    );
+    let before = c.current_seq().await.unwrap();
+    let view = c.tenant_view("a", before).await.unwrap();
+    let kinds: Vec<FileKind> = view.files.iter().map(|(_, f)| f.kind).collect();
+    assert!(kinds.contains(&FileKind::Predictions) && kinds.contains(&FileKind::Outcomes));
+
+    let d = |version: i64, action: &str| ModelDecision {
+        model: "mi".into(),
+        version,
+        parent_version: Some(1),
+        action: action.into(),
+        evidence_json: "{}".into(),
+        decided_ns: 5,
+    };
+    let s1 = c.record_decision("a", &d(2, "fit")).await.unwrap();
+    c.record_decision("a", &d(2, "promote")).await.unwrap();
+    assert_eq!(
+        c.model_decisions("a", i64::MAX).await.unwrap(),
+        vec![d(2, "fit"), d(2, "promote")]
+    );
+    // As of a snapshot, later decisions are not there yet; other tenants see none.
+    assert_eq!(c.model_decisions("a", s1).await.unwrap(), vec![d(2, "fit")]);
+    assert!(c.model_decisions("b", i64::MAX).await.unwrap().is_empty());
+}
+both!(attaches_loop_files_and_records_decisions);
 
 async fn snapshots_keep_answering_the_same(c: &Catalog) {
     commit(c, &recording("a", "r1", "s1")).await;

@@ -131,6 +131,22 @@ pub struct Options {
     /// Send at the subject's pace (a chunk every 100 ms); otherwise as fast as acks come.
     pub realtime: bool,
     pub deadline_ms: f64,
+    /// Let the model evolve (refits, shadow, canary, promotion) under this policy; needs the
+    /// operator role. Sessions then follow the model's current version.
+    pub evolve: Option<pb::EvolutionPolicy>,
+}
+
+/// The policy `--evolve` uses: refits every 400 labelled windows (about a minute of two
+/// subjects), ten trials in shadow and ten canary trials.
+pub fn simulation_policy() -> pb::EvolutionPolicy {
+    pb::EvolutionPolicy {
+        refit_every: 400,
+        fit_windows: 800,
+        shadow_trials: 10,
+        canary_share: 0.5,
+        canary_trials: 10,
+        margin: 0.02,
+    }
 }
 
 /// One session's results.
@@ -141,6 +157,8 @@ pub struct SessionResult {
     pub errors: u64,
     /// (labelled windows, right) per minute of the session.
     pub by_minute: Vec<(u64, u64)>,
+    /// The model version whose feedback was sent last in each minute.
+    pub version_by_minute: Vec<String>,
     /// Window's last sample sent to its feedback received, ns.
     pub end_to_end_ns: Vec<i64>,
     /// Acknowledged by ingest to feedback sent, ns.
@@ -158,6 +176,8 @@ pub struct Report {
     pub model: String,
     /// Whether the subjects were sent at their own pace.
     pub realtime: bool,
+    /// The model's evolution at the end, when it evolved.
+    pub evolution: Option<pb::Evolution>,
 }
 
 fn percentile(sorted: &[i64], p: f64) -> f64 {
@@ -193,6 +213,29 @@ impl Report {
             .collect()
     }
 
+    /// The live versions seen in each minute over every session (`1`, `1+2`).
+    pub fn versions_by_minute(&self) -> Vec<String> {
+        let minutes = self
+            .sessions
+            .iter()
+            .map(|s| s.version_by_minute.len())
+            .max()
+            .unwrap_or(0);
+        (0..minutes)
+            .map(|m| {
+                let mut v: Vec<&str> = self
+                    .sessions
+                    .iter()
+                    .filter_map(|s| s.version_by_minute.get(m).map(String::as_str))
+                    .filter(|v| !v.is_empty())
+                    .collect();
+                v.sort_unstable_by_key(|x| (x.len(), x.to_string()));
+                v.dedup();
+                v.join("+")
+            })
+            .collect()
+    }
+
     pub fn accuracy(&self) -> f64 {
         let (n, r) = self
             .by_minute()
@@ -222,6 +265,12 @@ impl Report {
                 "max": percentile(&ack, 1.0)},
             "ingest_samples_per_s": samples as f64 / self.wall.as_secs_f64(),
             "session_ids": self.sessions.iter().map(|s| s.session_id.clone()).collect::<Vec<_>>(),
+            "versions_by_minute": self.versions_by_minute(),
+            "decisions": self.evolution.iter().flat_map(|e| &e.decisions).map(|d| json!({
+                "version": d.version, "parent_version": d.parent_version, "action": d.action,
+                "evidence": serde_json::from_str::<serde_json::Value>(&d.evidence_json)
+                    .unwrap_or_default(),
+            })).collect::<Vec<_>>(),
         })
     }
 
@@ -237,15 +286,32 @@ impl Report {
             self.sessions.iter().map(|s| s.windows).sum::<u64>(),
             self.sessions.iter().map(|s| s.errors).sum::<u64>(),
         );
-        out.push_str("accuracy by minute (windows within imagery):\n");
+        out.push_str("accuracy by minute (windows within imagery), and the live version:\n");
+        let versions = self.versions_by_minute();
         for (m, (n, r)) in self.by_minute().iter().enumerate() {
             out.push_str(&format!(
-                "  minute {:>2}: {:>5.1}% of {n}\n",
+                "  minute {:>2}: {:>5.1}% of {n:<5} v{}\n",
                 m + 1,
-                100.0 * *r as f64 / (*n).max(1) as f64
+                100.0 * *r as f64 / (*n).max(1) as f64,
+                versions.get(m).map_or("?", String::as_str)
             ));
         }
         out.push_str(&format!("  overall:   {:>5.1}%\n", 100.0 * self.accuracy()));
+        if let Some(e) = &self.evolution {
+            out.push_str(&format!(
+                "model {}: current version {}{}\n",
+                e.model,
+                e.current_version,
+                if e.candidate_version == 0 {
+                    String::new()
+                } else {
+                    format!(", candidate {} in {}", e.candidate_version, e.stage)
+                }
+            ));
+            for d in &e.decisions {
+                out.push_str(&format!("  {}\n", describe_decision(d)));
+            }
+        }
         if !self.realtime {
             out.push_str(
                 "(sent as fast as acknowledged, not at the subjects' pace: latencies include \
@@ -273,8 +339,56 @@ impl Report {
     }
 }
 
-/// Fits a decoder on a synthetic calibration session (seed `seed`) and pushes it.
-pub async fn push_calibrated(args: &ClientArgs, seed: u64) -> anyhow::Result<String> {
+/// One line for a model decision, with the numbers it was made on.
+pub fn describe_decision(d: &pb::Decision) -> String {
+    let e: serde_json::Value = serde_json::from_str(&d.evidence_json).unwrap_or_default();
+    let pct = |k: &str| {
+        e[k].as_f64()
+            .map_or_else(|| "?".to_string(), |v| format!("{:.1}%", 100.0 * v))
+    };
+    match d.action.as_str() {
+        "fit" => format!(
+            "v{} fitted from v{} on {} labelled windows (snapshot {}): held-out {} vs parent {}",
+            d.version,
+            d.parent_version,
+            e["train_windows"],
+            e["snapshot"].as_str().unwrap_or("?"),
+            pct("heldout_accuracy"),
+            pct("parent_heldout_accuracy")
+        ),
+        action => format!(
+            "v{} {action} after {} {} trials ({} windows): v{} {} vs v{} {}",
+            d.version,
+            e["trials"],
+            e["stage"].as_str().unwrap_or("?"),
+            e["windows"],
+            d.version,
+            pct("candidate_accuracy"),
+            d.parent_version,
+            pct("current_accuracy")
+        ),
+    }
+}
+
+/// The newest version of `model` the tenant has.
+async fn newest_version(args: &ClientArgs, model: &str) -> anyhow::Result<u64> {
+    let mut models = crate::models::connect(args).await?;
+    let listed = models
+        .list_models(gbrain_proto::models::v1::ListModelsRequest {})
+        .await?
+        .into_inner();
+    listed
+        .versions
+        .iter()
+        .filter(|v| v.name == model)
+        .map(|v| v.version)
+        .max()
+        .with_context(|| format!("the tenant has no model {model}"))
+}
+
+/// Fits a decoder on a synthetic calibration session (seed `seed`) and pushes it; returns
+/// its name and version.
+pub async fn push_calibrated(args: &ClientArgs, seed: u64) -> anyhow::Result<(String, u64)> {
     let mut calibration = Subject::new(SubjectConfig {
         seed,
         ..SubjectConfig::default()
@@ -285,10 +399,10 @@ pub async fn push_calibrated(args: &ClientArgs, seed: u64) -> anyhow::Result<Str
     let path = dir.path().join("model.onnx");
     std::fs::write(&path, lda.to_onnx())?;
     let mut models = crate::models::connect(args).await?;
-    crate::models::push_file(&mut models, &path, DEFAULT_MODEL, 0, None)
+    let pushed = crate::models::push_file(&mut models, &path, DEFAULT_MODEL, 0, None)
         .await
         .context("pushing the calibrated decoder (needs the operator role)")?;
-    Ok(DEFAULT_MODEL.to_string())
+    Ok((DEFAULT_MODEL.to_string(), pushed.version))
 }
 
 /// Runs the simulation.
@@ -296,10 +410,31 @@ pub async fn simulate(args: &ClientArgs, opts: &Options) -> anyhow::Result<Repor
     if opts.sessions == 0 || opts.seconds < 2.0 {
         bail!("simulate at least one session of at least 2 s");
     }
-    let model = match &opts.model {
-        Some(m) => m.clone(),
-        None => push_calibrated(args, opts.seed.wrapping_add(1_000_000)).await?,
+    let (model, version) = match &opts.model {
+        Some(m) => (m.clone(), None),
+        None => {
+            let (m, v) = push_calibrated(args, opts.seed.wrapping_add(1_000_000)).await?;
+            (m, Some(v))
+        }
     };
+    let mut looping = LoopServiceClient::with_interceptor(
+        connect_channel(&args.server).await?,
+        Bearer::new(args.token.as_deref())?,
+    );
+    if let Some(policy) = &opts.evolve {
+        let current = match version {
+            Some(v) => v,
+            None => newest_version(args, &model).await?,
+        };
+        looping
+            .evolve(pb::EvolveRequest {
+                model: model.clone(),
+                current_version: current,
+                policy: Some(*policy),
+            })
+            .await
+            .context("letting the model evolve (needs the operator role)")?;
+    }
     let run = uuid::Uuid::new_v4().simple().to_string();
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -314,11 +449,23 @@ pub async fn simulate(args: &ClientArgs, opts: &Options) -> anyhow::Result<Repor
     for t in tasks {
         sessions.push(t.await??);
     }
+    let evolution = match &opts.evolve {
+        Some(_) => Some(
+            looping
+                .get_evolution(pb::GetEvolutionRequest {
+                    model: model.clone(),
+                })
+                .await?
+                .into_inner(),
+        ),
+        None => None,
+    };
     Ok(Report {
         sessions,
         wall: started.elapsed(),
         model,
         realtime: opts.realtime,
+        evolution,
     })
 }
 
@@ -458,6 +605,11 @@ async fn one_session(
                 Some(pb::feedback_message::Result::Prediction(p)) => {
                     r.windows += 1;
                     predicted.insert(m.window, (p.class, m.end_sample));
+                    let minute = (m.end_sample as f64 / (rate * 60.0)) as usize;
+                    if r.version_by_minute.len() <= minute {
+                        r.version_by_minute.resize(minute + 1, String::new());
+                    }
+                    r.version_by_minute[minute] = p.model_version;
                 }
                 _ => r.errors += 1,
             }

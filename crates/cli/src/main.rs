@@ -169,6 +169,10 @@ enum LoopCommand {
         fast: bool,
         #[arg(long, default_value_t = 100.0)]
         deadline_ms: f64,
+        /// Let the model evolve: refits from the outcomes, pushed as new versions, through
+        /// shadow and canary to promotion or rollback (operator role).
+        #[arg(long)]
+        evolve: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -332,6 +336,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     rate,
                     fast,
                     deadline_ms,
+                    evolve,
                     client,
                 },
         } => {
@@ -352,6 +357,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 rate,
                 realtime: !fast,
                 deadline_ms,
+                evolve: evolve.then(loop_sim::simulation_policy),
             };
             let report = loop_sim::simulate(&client, &opts).await?;
             if client.json {

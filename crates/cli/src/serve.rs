@@ -141,9 +141,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         println!("coordinator: off: no inference service to decode on");
         None
     } else {
-        Some(gbrain_coordinator::Coordinator::new(
-            Arc::new(gbrain_coordinator::LocalStreams(Arc::clone(&ingest))),
-            &endpoints,
+        Some(gbrain_coordinator::Coordinator::embedded(
+            &ingest,
+            endpoints,
             Arc::new(SystemClock),
             gbrain_coordinator::CoordinatorMetrics::register(&mut registry),
         )?)

@@ -6,6 +6,7 @@
 //! data/signals/tenant=T/recording=R/flush=<first sample, 20 digits>-<id>/channel=00003.parquet
 //! data/signals/tenant=T/recording=R/compact=L<level>-<first sample>-<id>/channel=00003.parquet
 //! data/events/tenant=T/recording=R/<part id>.parquet
+//! data/loop/tenant=T/recording=R/<predictions|outcomes>/<part id>.parquet
 //! staging/tenant=T/upload=U/<offset, 20 digits>.part
 //! models/tenant=T/<model>/config.json
 //! models/tenant=T/<model>/<version>/model.onnx
@@ -68,6 +69,13 @@ pub fn recording_events(tenant: &str, recording: &str) -> Path {
 pub fn events_part(tenant: &str, recording: &str, part: &str) -> Path {
     Path::from(format!(
         "data/events/tenant={tenant}/recording={recording}/{part}.parquet"
+    ))
+}
+
+/// A file of a loop session's rows (`table` is `predictions` or `outcomes`).
+pub fn loop_part(tenant: &str, recording: &str, table: &str, part: &str) -> Path {
+    Path::from(format!(
+        "data/loop/tenant={tenant}/recording={recording}/{table}/{part}.parquet"
     ))
 }
 

@@ -26,6 +26,18 @@ pub enum Error {
     /// A limit is reached.
     #[error("{0}")]
     Exhausted(String),
+
+    /// Storing rows failed.
+    #[error("storing loop rows: {0}")]
+    Records(String),
+
+    /// The catalog failed.
+    #[error("catalog: {0}")]
+    Catalog(#[from] gbrain_catalog::Error),
+
+    /// The model repository refused or failed a push.
+    #[error("model repository: {0}")]
+    Models(String),
 }
 
 impl From<Error> for tonic::Status {
@@ -38,6 +50,7 @@ impl From<Error> for tonic::Status {
             }
             Error::Inference(_) | Error::Source(_) => Self::unavailable(msg),
             Error::Exhausted(_) => Self::resource_exhausted(msg),
+            Error::Records(_) | Error::Catalog(_) | Error::Models(_) => Self::unavailable(msg),
         }
     }
 }

@@ -23,6 +23,7 @@ pub const EJECT_FOR: Duration = Duration::from_secs(2);
 
 struct Node {
     endpoint: String,
+    channel: Channel,
     client: GrpcInferenceServiceClient<Channel>,
     ejected_until: Mutex<Option<Instant>>,
 }
@@ -84,7 +85,8 @@ impl Pool {
                     .connect_lazy();
                 Ok(Node {
                     endpoint: e.clone(),
-                    client: GrpcInferenceServiceClient::new(channel),
+                    client: GrpcInferenceServiceClient::new(channel.clone()),
+                    channel,
                     ejected_until: Mutex::new(None),
                 })
             })
@@ -93,6 +95,19 @@ impl Pool {
             nodes,
             next: AtomicUsize::new(0),
         })
+    }
+
+    /// A channel to each node, those not ejected first (for the model repository).
+    pub fn channels(&self) -> Vec<Channel> {
+        let now = Instant::now();
+        let mut nodes: Vec<&Node> = self.nodes.iter().collect();
+        nodes.sort_by_key(|n| {
+            n.ejected_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|t| t > now)
+        });
+        nodes.into_iter().map(|n| n.channel.clone()).collect()
     }
 
     /// The node to try next: round-robin over those not ejected (all, when all are).

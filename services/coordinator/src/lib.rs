@@ -13,18 +13,19 @@
 //! - [`session`]: loop sessions: a live stream's windows decoded on the inference nodes
 //!   ([`kserve`]: round-robin, deadlines, retry on another node, ejection), adapted, and sent
 //!   back as feedback; outcomes reported in.
+//! - [`records`]: predictions and outcomes stored as tables, and decisions about models.
+//! - [`evolution`]: refits pushed as model versions with their lineage, then shadow, canary,
+//!   and promotion or rollback on the outcomes.
 //! - [`service`]: the gRPC service `globalbrain.coordinator.v1.LoopService`.
-//!
-//! Not here yet: predictions and outcomes stored as tables, recalibration pushed as model
-//! versions with lineage, shadow and canary promotion (see docs/ARCHITECTURE.md, "Feedback
-//! loop").
 
 pub mod decoder;
 pub mod dsp;
 mod error;
+pub mod evolution;
 pub mod kserve;
 mod metrics;
 pub mod offline;
+pub mod records;
 pub mod rng;
 pub mod service;
 pub mod session;
@@ -76,26 +77,103 @@ impl SampleSource for LocalStreams {
 #[derive(Debug)]
 pub struct Coordinator {
     source: Arc<dyn SampleSource>,
+    records: records::Records,
     pool: Arc<kserve::Pool>,
     clock: Arc<dyn Clock>,
     metrics: CoordinatorMetrics,
     sessions: Mutex<HashMap<String, Arc<session::Session>>>,
+    /// Evolving models by (tenant, model).
+    evolutions: Mutex<HashMap<(String, String), Arc<evolution::Evolution>>>,
+}
+
+/// What a coordinator is built from.
+pub struct CoordinatorDeps {
+    pub source: Arc<dyn SampleSource>,
+    pub records: records::Records,
+    /// The inference nodes' endpoints (`http://host:port`).
+    pub inference: Vec<String>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: CoordinatorMetrics,
 }
 
 impl Coordinator {
-    pub fn new(
-        source: Arc<dyn SampleSource>,
-        inference: &[String],
+    pub fn new(deps: CoordinatorDeps) -> Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            source: deps.source,
+            records: deps.records,
+            pool: Arc::new(kserve::Pool::new(&deps.inference)?),
+            clock: deps.clock,
+            metrics: deps.metrics,
+            sessions: Mutex::new(HashMap::new()),
+            evolutions: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// A coordinator in the same process as its ingest node: its streams, its catalog and
+    /// object store.
+    pub fn embedded(
+        ingest: &Arc<gbrain_ingest::Ingest>,
+        inference: Vec<String>,
         clock: Arc<dyn Clock>,
         metrics: CoordinatorMetrics,
     ) -> Result<Arc<Self>> {
-        Ok(Arc::new(Self {
-            source,
-            pool: Arc::new(kserve::Pool::new(inference)?),
+        Self::new(CoordinatorDeps {
+            source: Arc::new(LocalStreams(Arc::clone(ingest))),
+            records: records::Records::new(
+                ingest.catalog().clone(),
+                Arc::clone(ingest.store()),
+                Arc::clone(&clock),
+            ),
+            inference,
             clock,
             metrics,
-            sessions: Mutex::new(HashMap::new()),
-        }))
+        })
+    }
+
+    fn evolutions(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<evolution::Evolution>>> {
+        self.evolutions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lets `model` of `tenant` evolve from `current`, replacing an evolution it had (whose
+    /// running sessions keep following the old one until they stop).
+    pub fn evolve(
+        &self,
+        tenant: &str,
+        request: &pb::EvolveRequest,
+        authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    ) -> Result<Arc<evolution::Evolution>> {
+        if request.model.is_empty() {
+            return Err(Error::invalid("model", "is required"));
+        }
+        if request.current_version == 0 {
+            return Err(Error::invalid(
+                "current_version",
+                "name the version sessions decode with until a refit is promoted",
+            ));
+        }
+        let policy = evolution::Policy::from_request(request.policy.as_ref())?;
+        let e = Arc::new(evolution::Evolution::new(
+            tenant.to_string(),
+            request.model.clone(),
+            request.current_version,
+            policy,
+            authorization,
+            self.records.clone(),
+            Arc::clone(&self.pool),
+        ));
+        self.evolutions()
+            .insert((tenant.to_string(), request.model.clone()), Arc::clone(&e));
+        tracing::info!(tenant, model = %request.model, current = request.current_version, "model evolves");
+        Ok(e)
+    }
+
+    /// The evolution of `model` of `tenant`, if it has one.
+    pub fn evolution(&self, tenant: &str, model: &str) -> Option<Arc<evolution::Evolution>> {
+        self.evolutions()
+            .get(&(tenant.to_string(), model.to_string()))
+            .cloned()
     }
 
     /// The tonic service.
@@ -136,13 +214,23 @@ impl Coordinator {
                 )));
             }
         }
+        let evolution = if spec.version.is_empty() {
+            self.evolution(tenant, &spec.model)
+        } else {
+            None
+        };
         let session = Arc::new(session::Session::new(
-            uuid::Uuid::new_v4().to_string(),
-            tenant.to_string(),
-            feed.recording_id.clone(),
             spec,
-            authorization,
-            self.metrics.clone(),
+            session::Parts {
+                id: uuid::Uuid::new_v4().to_string(),
+                tenant: tenant.to_string(),
+                recording_id: feed.recording_id.clone(),
+                rate: feed.layout.sample_rate,
+                evolution,
+                records: self.records.clone(),
+                authorization,
+                metrics: self.metrics.clone(),
+            },
         ));
         self.sessions()
             .insert(session.id.clone(), Arc::clone(&session));
@@ -150,6 +238,7 @@ impl Coordinator {
             tenant, session = %session.id, stream = %session.spec.stream_id,
             model = %session.spec.model, "loop session started"
         );
+        tokio::spawn(Arc::clone(&session).write_rows());
         tokio::spawn(session::run(
             Arc::clone(&session),
             feed,

@@ -95,15 +95,15 @@ impl LoopService for GrpcLoop {
     ) -> Result<Response<Self::FeedbackStream>, Status> {
         let p = principal(&request, &FOLLOW, "loop.feedback")?;
         let session = self.session(&p, &request.get_ref().session_id)?;
-        let stop = session.stop.clone();
+        let done = session.done.clone();
         let stream = BroadcastStream::new(session.subscribe()).filter_map(|m| match m {
             Ok(m) => Some(Ok(m)),
             // A reader too slow for its session misses messages; the window numbers show
             // the gap.
             Err(_) => None,
         });
-        // The stream ends with the session (once its last windows are sent).
-        let stream = futures::StreamExt::take_until(stream, async move { stop.cancelled().await });
+        // The stream ends with the session, once its last windows are sent.
+        let stream = futures::StreamExt::take_until(stream, async move { done.cancelled().await });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -128,10 +128,42 @@ impl LoopService for GrpcLoop {
             )
             .into());
         }
-        let (windows, correct) = session.report(r.first_window, r.last_window, r.label as u8);
+        let (windows, correct) = session
+            .report(r.first_window, r.last_window, r.label as u8)
+            .await?;
         Ok(Response::new(pb::ReportOutcomeResponse {
             windows,
             correct,
         }))
+    }
+
+    async fn evolve(
+        &self,
+        request: Request<pb::EvolveRequest>,
+    ) -> Result<Response<pb::Evolution>, Status> {
+        // Refits are pushed to the model repository with these credentials.
+        let p = principal(&request, &[Role::Operator], "loop.evolve")?;
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("no authorization header"))?;
+        let e = self
+            .coordinator
+            .evolve(p.tenant.as_str(), request.get_ref(), authorization)?;
+        Ok(Response::new(e.describe()))
+    }
+
+    async fn get_evolution(
+        &self,
+        request: Request<pb::GetEvolutionRequest>,
+    ) -> Result<Response<pb::Evolution>, Status> {
+        let p = principal(&request, &USE, "loop.evolution")?;
+        let model = &request.get_ref().model;
+        let e = self
+            .coordinator
+            .evolution(p.tenant.as_str(), model)
+            .ok_or_else(|| Status::not_found(format!("model {model} does not evolve")))?;
+        Ok(Response::new(e.describe()))
     }
 }

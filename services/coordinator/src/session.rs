@@ -8,21 +8,24 @@
 //! so the adaptation sees windows in the order they happened. A window with no answer by its
 //! deadline gets feedback carrying the error.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use gbrain_catalog::FileKind;
 use gbrain_common::clock::Clock;
 use gbrain_ingest::live::{LiveChunk, Subscription};
 use gbrain_proto::coordinator::v1 as pb;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::decoder::{Adapter, score_of};
 use crate::dsp::{BandPass, Features, Reference, ZScore};
+use crate::evolution::{Decided, Evolution, Labelled};
 use crate::kserve::{Inferred, Pool};
+use crate::records::{self, OutcomeRow, PredictionRow, Records};
 use crate::{Error, Result};
 
 /// Windows a session decodes at once.
@@ -31,6 +34,11 @@ pub const MAX_IN_FLIGHT: usize = 8;
 pub const RECENT_WINDOWS: usize = 36_000;
 /// Feedback messages a slow feedback reader may fall behind by.
 pub const FEEDBACK_BUFFER: usize = 4096;
+/// Predictions a session holds while its rows cannot be stored; past it the oldest are
+/// dropped (outcomes never are).
+pub const MAX_HELD_ROWS: usize = 16 * records::FLUSH_ROWS;
+/// Tries to store a session's last rows after it ends.
+pub const WRITE_TRIES_AFTER_END: u32 = 30;
 
 /// How a session adapts its decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,12 +187,41 @@ struct Stats {
     correct: u64,
 }
 
+/// A decoded window, kept for outcomes reported later.
+struct Recent {
+    window: u64,
+    first_sample: u64,
+    end_sample: u64,
+    features: Vec<f32>,
+    /// The live version's decision first, then the shadow's.
+    decided: Vec<Decided>,
+}
+
 struct State {
-    adapter: Adapter,
+    /// One adaptive layer per version the session decodes with (0: the newest).
+    adapters: HashMap<u64, Adapter>,
+    /// The version whose predictions went back last.
+    live: u64,
     stats: Stats,
-    /// (window, raw score, decided class), oldest first.
-    recent: VecDeque<(u64, f64, u8)>,
+    recent: VecDeque<Recent>,
     running: bool,
+}
+
+impl State {
+    fn adapter(&mut self, version: u64, rate: f64) -> &mut Adapter {
+        self.adapters
+            .entry(version)
+            .or_insert_with(|| Adapter::new(rate, 0.0))
+    }
+}
+
+/// Rows not yet stored, and which generation of them is being collected.
+#[derive(Default)]
+struct Held {
+    rows: records::Pending,
+    generation: u64,
+    /// The writer has taken its last rows: the session has ended.
+    closed: bool,
 }
 
 /// One loop session.
@@ -193,12 +230,26 @@ pub struct Session {
     pub tenant: String,
     pub recording_id: String,
     pub spec: Spec,
+    /// The stream's sample rate.
+    rate: f64,
+    /// The model's evolution, when the session follows one, and whether it is a canary.
+    evolution: Option<Arc<Evolution>>,
+    canary: bool,
+    records: Records,
+    held: Mutex<Held>,
+    /// Wakes the writer early (an outcome waits, or many rows are held).
+    wake: Notify,
+    /// The last generation of rows stored.
+    stored: watch::Sender<u64>,
     /// The owner's credentials, for the inference nodes; never logged.
     authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     feedback: broadcast::Sender<pb::FeedbackMessage>,
     state: Mutex<State>,
     metrics: crate::CoordinatorMetrics,
+    /// Asks the session to stop.
     pub stop: CancellationToken,
+    /// The session has stopped: its last windows are decided and sent.
+    pub done: CancellationToken,
 }
 
 impl std::fmt::Debug for Session {
@@ -220,30 +271,75 @@ struct Pending {
     source_ns: Option<i64>,
 }
 
+/// What a session is made of, besides its spec.
+pub struct Parts {
+    pub id: String,
+    pub tenant: String,
+    pub recording_id: String,
+    pub rate: f64,
+    pub evolution: Option<Arc<Evolution>>,
+    pub records: Records,
+    pub authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    pub metrics: crate::CoordinatorMetrics,
+}
+
+fn version_str(v: u64) -> String {
+    if v == 0 { String::new() } else { v.to_string() }
+}
+
 impl Session {
-    pub fn new(
-        id: String,
-        tenant: String,
-        recording_id: String,
-        spec: Spec,
-        authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
-        metrics: crate::CoordinatorMetrics,
-    ) -> Self {
+    pub fn new(spec: Spec, parts: Parts) -> Self {
+        let canary = parts.evolution.as_ref().is_some_and(|e| e.join());
+        let live = spec.version.parse().unwrap_or(0);
         Self {
-            metrics,
-            id,
-            tenant,
-            recording_id,
+            metrics: parts.metrics,
+            id: parts.id,
+            tenant: parts.tenant,
+            recording_id: parts.recording_id,
+            rate: parts.rate,
+            evolution: parts.evolution,
+            canary,
+            records: parts.records,
+            held: Mutex::new(Held {
+                generation: 1,
+                ..Held::default()
+            }),
+            wake: Notify::new(),
+            stored: watch::channel(0).0,
             state: Mutex::new(State {
-                adapter: Adapter::new(spec.rate, 0.0),
+                adapters: HashMap::new(),
+                live,
                 stats: Stats::default(),
                 recent: VecDeque::new(),
                 running: true,
             }),
             spec,
-            authorization,
+            authorization: parts.authorization,
             feedback: broadcast::channel(FEEDBACK_BUFFER).0,
             stop: CancellationToken::new(),
+            done: CancellationToken::new(),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The version whose predictions go back as feedback, and the one decoded in shadow
+    /// (0: the newest the nodes serve).
+    fn versions(&self) -> (u64, Option<u64>) {
+        match &self.evolution {
+            Some(e) => e.versions(self.canary),
+            None => (self.spec.version.parse().unwrap_or(0), None),
+        }
+    }
+
+    /// Holds rows for the writer.
+    fn hold(&self, predictions: impl IntoIterator<Item = PredictionRow>) {
+        let mut held = self.held();
+        held.rows.predictions.extend(predictions);
+        if held.rows.predictions.len() >= records::FLUSH_ROWS {
+            self.wake.notify_one();
         }
     }
 
@@ -264,6 +360,8 @@ impl Session {
             recording_id: self.recording_id.clone(),
             model: self.spec.model.clone(),
             running: st.running,
+            model_version: version_str(st.live),
+            canary: self.canary,
             windows: st.stats.windows,
             errors: st.stats.errors,
             outcomes: st.stats.outcomes,
@@ -272,54 +370,228 @@ impl Session {
             } else {
                 st.stats.correct as f64 / st.stats.outcomes as f64
             },
-            bias: st.adapter.bias(),
+            bias: st.adapters.get(&st.live).map_or(0.0, Adapter::bias),
         }
     }
 
-    /// The true class of windows `[first, last]`: counts them against their predictions, and
-    /// in supervised mode moves the class means.
-    pub fn report(&self, first: u64, last: u64, label: u8) -> (u64, u64) {
-        let mut st = self.state();
-        let start = st.recent.partition_point(|(w, _, _)| *w < first);
-        let mut hits = Vec::new();
-        for &(w, score, class) in st.recent.iter().skip(start) {
-            if w > last {
-                break;
+    /// The true class of windows `[first, last]`: counts them against their live predictions,
+    /// in supervised mode moves each version's class means, and stores the outcome; returns
+    /// once the outcome is stored. An evolving model's versions are then judged on them.
+    pub async fn report(&self, first: u64, last: u64, label: u8) -> Result<(u64, u64)> {
+        let (n, correct, labelled) = {
+            let mut st = self.state();
+            let start = st.recent.partition_point(|r| r.window < first);
+            let mut hits = Vec::new();
+            let mut labelled = Vec::new();
+            let mut span: Option<(u64, u64)> = None;
+            for r in st.recent.iter().skip(start) {
+                if r.window > last {
+                    break;
+                }
+                let Some(live) = r.decided.first() else {
+                    continue;
+                };
+                hits.push(live.class == label);
+                span = Some(span.map_or((r.first_sample, r.end_sample), |(a, b)| {
+                    (a.min(r.first_sample), b.max(r.end_sample))
+                }));
+                if self.evolution.is_some() {
+                    labelled.push(Labelled {
+                        session: Arc::from(self.id.as_str()),
+                        recording: Arc::from(self.recording_id.as_str()),
+                        window: r.window,
+                        features: r.features.clone(),
+                        label,
+                        decided: r.decided.clone(),
+                    });
+                }
             }
-            hits.push((score, class == label));
-        }
-        let (n, correct) = (
-            hits.len() as u64,
-            hits.iter().filter(|(_, c)| *c).count() as u64,
-        );
-        st.stats.outcomes += n;
-        st.stats.correct += correct;
+            let scores: Vec<(u64, f64)> = st
+                .recent
+                .iter()
+                .skip(start)
+                .take_while(|r| r.window <= last)
+                .flat_map(|r| r.decided.iter().map(|d| (d.version, d.raw)))
+                .collect();
+            let n = hits.len() as u64;
+            let correct = hits.iter().filter(|c| **c).count() as u64;
+            st.stats.outcomes += n;
+            st.stats.correct += correct;
+            if self.spec.mode == Mode::Supervised {
+                let rate = self.spec.rate;
+                for (version, raw) in scores {
+                    st.adapter(version, rate).learn(raw, label);
+                }
+            }
+            let mut held = self.held();
+            if held.closed {
+                return Err(Error::precondition(
+                    "session_id",
+                    "the session has ended; outcomes are taken while it runs",
+                ));
+            }
+            held.rows.outcomes.push(OutcomeRow {
+                first_window: first,
+                last_window: last,
+                label,
+                windows: n,
+                correct,
+                samples: span,
+                reported_ns: self.records.now_ns(),
+            });
+            (n, correct, (held.generation, labelled))
+        };
         self.metrics.outcomes.inc_by(n);
-        if self.spec.mode == Mode::Supervised {
-            for (score, _) in hits {
-                st.adapter.learn(score, label);
-            }
+        let (generation, labelled) = labelled;
+        self.wake.notify_one();
+        let mut stored = self.stored.subscribe();
+        stored
+            .wait_for(|g| *g >= generation)
+            .await
+            .map_err(|_| Error::Records("the session's writer ended".into()))?;
+        if let Some(e) = &self.evolution
+            && !labelled.is_empty()
+        {
+            e.trial(self.canary, labelled).await;
         }
-        (n, correct)
+        Ok((n, correct))
     }
 
-    /// Takes a decoded window: adapts, keeps its score, and sends its feedback.
-    fn finish(&self, p: Pending, result: Result<Inferred>, inferred_ns: i64, clock: &dyn Clock) {
+    /// Writes held rows until the session is done, then once more. Rows that cannot be
+    /// stored are kept and tried again; after the end, for at most [`WRITE_TRIES_AFTER_END`]
+    /// more tries.
+    pub async fn write_rows(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(records::FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut ending, mut tries_after_end) = (false, 0);
+        loop {
+            if ending {
+                tokio::time::sleep(records::FLUSH_EVERY).await;
+            } else {
+                ending = tokio::select! {
+                    _ = tick.tick() => false,
+                    () = self.wake.notified() => false,
+                    () = self.done.cancelled() => true,
+                };
+            }
+            let (rows, generation) = {
+                let mut held = self.held();
+                held.closed |= ending;
+                let g = held.generation;
+                held.generation += 1;
+                (std::mem::take(&mut held.rows), g)
+            };
+            if !rows.is_empty()
+                && let Err(e) = self.write(&rows, self.rate).await
+            {
+                tracing::warn!(session = %self.id, error = %e, "loop rows not stored yet; retrying");
+                let mut held = self.held();
+                let later = std::mem::take(&mut held.rows);
+                held.rows = rows;
+                held.rows.predictions.extend(later.predictions);
+                held.rows.outcomes.extend(later.outcomes);
+                let over = held.rows.predictions.len().saturating_sub(MAX_HELD_ROWS);
+                if over > 0 {
+                    tracing::warn!(session = %self.id, dropped = over, "predictions dropped: the store is down too long");
+                    held.rows.predictions.drain(..over);
+                }
+                if ending {
+                    tries_after_end += 1;
+                    if tries_after_end >= WRITE_TRIES_AFTER_END {
+                        tracing::error!(
+                            session = %self.id,
+                            predictions = held.rows.predictions.len(),
+                            outcomes = held.rows.outcomes.len(),
+                            "loop rows not stored: the session ended and the store stayed down"
+                        );
+                        return;
+                    }
+                }
+                continue;
+            }
+            self.stored.send_replace(generation);
+            if ending {
+                return;
+            }
+        }
+    }
+
+    async fn write(&self, rows: &records::Pending, rate: f64) -> Result<()> {
+        if !rows.predictions.is_empty() {
+            let batch =
+                records::predictions_batch(&self.id, &self.spec.model, rate, &rows.predictions)?;
+            self.records
+                .append(
+                    &self.tenant,
+                    &self.recording_id,
+                    FileKind::Predictions,
+                    batch,
+                )
+                .await?;
+        }
+        if !rows.outcomes.is_empty() {
+            let batch = records::outcomes_batch(&self.id, rate, &rows.outcomes)?;
+            self.records
+                .append(&self.tenant, &self.recording_id, FileKind::Outcomes, batch)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Takes a decoded window: adapts each version's layer, keeps its decisions, sends the
+    /// live version's feedback, and holds the rows.
+    fn finish(&self, p: Pending, decoded: Decoded, clock: &dyn Clock) {
+        let Decoded {
+            live,
+            result,
+            shadow,
+            inferred_ns,
+            features,
+        } = decoded;
+        let rate = self.spec.rate;
+        let adapt = self.spec.mode != Mode::Off;
+        let row = |shadow: bool| PredictionRow {
+            window: p.window,
+            first_sample: p.first_sample,
+            end_sample: p.end_sample,
+            model_version: None,
+            shadow,
+            class: None,
+            probability: None,
+            raw_score: None,
+            score: None,
+            error: None,
+            source_ns: p.source_ns,
+            received_ns: p.received_ns,
+            inferred_ns,
+            sent_ns: None,
+        };
+        let mut decided = Vec::with_capacity(2);
+        let mut live_row = row(false);
         let result = match result {
             Ok(inferred) if inferred.probabilities.len() == 2 => {
                 let probs = [inferred.probabilities[0], inferred.probabilities[1]];
                 let raw = score_of(probs);
                 let mut st = self.state();
-                let (class, adjusted) = st.adapter.decide(raw);
-                if self.spec.mode != Mode::Off {
-                    st.adapter.observe(raw);
+                st.live = live;
+                let adapter = st.adapter(live, rate);
+                let (class, adjusted) = adapter.decide(raw);
+                if adapt {
+                    adapter.observe(raw);
                 }
                 st.stats.windows += 1;
+                drop(st);
                 self.metrics.windows.inc();
-                st.recent.push_back((p.window, raw, class));
-                if st.recent.len() > RECENT_WINDOWS {
-                    st.recent.pop_front();
-                }
+                decided.push(Decided {
+                    version: inferred.model_version.parse().unwrap_or(live),
+                    raw,
+                    class,
+                });
+                live_row.model_version = Some(inferred.model_version.clone());
+                live_row.class = Some(class);
+                live_row.probability = Some(f64::from(probs[1]));
+                live_row.raw_score = Some(raw);
+                live_row.score = Some(adjusted);
                 pb::feedback_message::Result::Prediction(pb::Prediction {
                     probabilities: inferred.probabilities,
                     class: u32::from(class),
@@ -331,21 +603,76 @@ impl Session {
             Ok(inferred) => {
                 self.state().stats.errors += 1;
                 self.metrics.window_errors.inc();
-                pb::feedback_message::Result::Error(format!(
+                let e = format!(
                     "the decoder gave {} probabilities; a two-class decoder gives 2",
                     inferred.probabilities.len()
-                ))
+                );
+                live_row.error = Some(e.clone());
+                pb::feedback_message::Result::Error(e)
             }
             Err(e) => {
                 self.state().stats.errors += 1;
                 self.metrics.window_errors.inc();
+                live_row.error = Some(e.to_string());
                 pb::feedback_message::Result::Error(e.to_string())
             }
         };
+        let mut rows = Vec::with_capacity(2);
+        if let Some((version, r)) = shadow {
+            let mut shadow_row = row(true);
+            shadow_row.model_version = Some(version_str(version));
+            match r {
+                Ok(inferred) if inferred.probabilities.len() == 2 => {
+                    let probs = [inferred.probabilities[0], inferred.probabilities[1]];
+                    let raw = score_of(probs);
+                    let mut st = self.state();
+                    let adapter = st.adapter(version, rate);
+                    let (class, adjusted) = adapter.decide(raw);
+                    if adapt {
+                        adapter.observe(raw);
+                    }
+                    drop(st);
+                    decided.push(Decided {
+                        version,
+                        raw,
+                        class,
+                    });
+                    shadow_row.class = Some(class);
+                    shadow_row.probability = Some(f64::from(probs[1]));
+                    shadow_row.raw_score = Some(raw);
+                    shadow_row.score = Some(adjusted);
+                }
+                Ok(inferred) => {
+                    shadow_row.error = Some(format!(
+                        "the decoder gave {} probabilities",
+                        inferred.probabilities.len()
+                    ));
+                }
+                Err(e) => shadow_row.error = Some(e.to_string()),
+            }
+            rows.push(shadow_row);
+        }
+        if !decided.is_empty() && live_row.error.is_none() {
+            let mut st = self.state();
+            st.recent.push_back(Recent {
+                window: p.window,
+                first_sample: p.first_sample,
+                end_sample: p.end_sample,
+                features,
+                decided,
+            });
+            if st.recent.len() > RECENT_WINDOWS {
+                st.recent.pop_front();
+            }
+        }
         let sent_ns = clock.now_ns();
         self.metrics
             .window_seconds
             .observe((sent_ns - p.received_ns).max(0) as f64 / 1e9);
+        // Held before it is sent, so an outcome reported for it is stored after it.
+        live_row.sent_ns = Some(sent_ns);
+        rows.insert(0, live_row);
+        self.hold(rows);
         let _ = self.feedback.send(pb::FeedbackMessage {
             session_id: self.id.clone(),
             window: p.window,
@@ -360,6 +687,15 @@ impl Session {
             }),
         });
     }
+}
+
+/// What the inference nodes made of a window.
+struct Decoded {
+    live: u64,
+    result: Result<Inferred>,
+    shadow: Option<(u64, Result<Inferred>)>,
+    inferred_ns: i64,
+    features: Vec<f32>,
 }
 
 /// The signal path of a session, sample by sample.
@@ -497,6 +833,8 @@ pub async fn run(
         Err(e) => {
             tracing::warn!(session = %session.id, error = %e, "loop session cannot start");
             session.state().running = false;
+            session.stop.cancel();
+            session.done.cancel();
             return;
         }
     };
@@ -527,17 +865,39 @@ pub async fn run(
                             let (pool, session2, clock2) =
                                 (Arc::clone(&pool), Arc::clone(&session), Arc::clone(&clock));
                             let x: Vec<f32> = features.iter().map(|v| *v as f32).collect();
+                            let (live, shadow) = session.versions();
                             in_flight.push_back(async move {
-                                let r = pool
-                                    .infer(
-                                        &session2.spec.model,
-                                        &session2.spec.version,
-                                        &x,
-                                        &session2.authorization,
-                                        deadline,
-                                    )
-                                    .await;
-                                (pending, r, clock2.now_ns())
+                                let s = &session2;
+                                let infer = |v: u64| {
+                                    let (pool, x) = (&pool, &x);
+                                    async move {
+                                        pool.infer(
+                                            &s.spec.model,
+                                            &version_str(v),
+                                            x,
+                                            &s.authorization,
+                                            deadline,
+                                        )
+                                        .await
+                                    }
+                                };
+                                let (result, shadow) = tokio::join!(infer(live), async {
+                                    match shadow {
+                                        Some(v) => Some((v, infer(v).await)),
+                                        None => None,
+                                    }
+                                });
+                                let inferred_ns = clock2.now_ns();
+                                (
+                                    pending,
+                                    Decoded {
+                                        live,
+                                        result,
+                                        shadow,
+                                        inferred_ns,
+                                        features: x,
+                                    },
+                                )
                             });
                         }
                     }
@@ -551,14 +911,15 @@ pub async fn run(
                     Err(broadcast::error::RecvError::Closed) => ended = true,
                 }
             }
-            Some((pending, result, inferred_ns)) = in_flight.next(), if !in_flight.is_empty() => {
-                session.finish(pending, result, inferred_ns, clock.as_ref());
+            Some((pending, decoded)) = in_flight.next(), if !in_flight.is_empty() => {
+                session.finish(pending, decoded, clock.as_ref());
             }
         }
     }
     session.state().running = false;
     // Ended: the coordinator forgets it when the next session starts.
     session.stop.cancel();
+    session.done.cancel();
     session.metrics.sessions_active.dec();
     tracing::info!(session = %session.id, "loop session ended");
 }

@@ -202,6 +202,11 @@ impl Ingest {
         &self.catalog
     }
 
+    /// The object store the node writes to.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
     /// Runs a closure on the CPU pool and awaits it without blocking the IO runtime.
     pub(crate) async fn on_cpu<T: Send + 'static>(
         &self,

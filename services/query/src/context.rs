@@ -24,6 +24,7 @@ pub const SNAPSHOT_PREFIX: &str = "snapshot_";
 pub struct Loaded {
     pub view: Arc<QueryView>,
     pub participants: Vec<Participant>,
+    pub decisions: Vec<gbrain_catalog::ModelDecision>,
 }
 
 type Entries = Vec<((String, i64), Arc<Loaded>)>;
@@ -69,9 +70,11 @@ impl Views {
         }
         let view = self.catalog.tenant_view(tenant, seq).await?;
         let participants = self.catalog.participants_at(tenant, seq).await?;
+        let decisions = self.catalog.model_decisions(tenant, seq).await?;
         let loaded = Arc::new(Loaded {
             view: Arc::new(QueryView::new(view)),
             participants,
+            decisions,
         });
         let mut entries = self.lock();
         if !entries.iter().any(|(k, _)| k.0 == tenant && k.1 == seq) {
@@ -177,7 +180,7 @@ impl SchemaProvider for ViewSchema {
             return Ok(None);
         }
         let loaded = self.load().await?;
-        tables::table(name, &loaded.view, &loaded.participants, &self.store)
+        tables::table(name, loaded, &self.store)
     }
 
     fn table_exist(&self, name: &str) -> bool {

@@ -1,8 +1,8 @@
 //! The tables a tenant queries. Each is built for one query from that tenant's view, so rows of
 //! other tenants are never in reach: isolation lives here, below SQL.
 
-mod events;
 mod filters;
+mod rows;
 mod samples;
 
 use std::sync::Arc;
@@ -16,10 +16,11 @@ use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
 use datafusion::error::Result;
 
-pub use events::EventsTable;
+pub use rows::RowsTable;
 pub use samples::{STORE_URL, SamplesExec, SamplesTable, is_samples_exec};
 
-use crate::view::QueryView;
+use crate::context::Loaded;
+use crate::view::{QueryView, RowTable};
 
 /// Names of the tables, for listings and the guard.
 pub const TABLES: &[&str] = &[
@@ -29,26 +30,36 @@ pub const TABLES: &[&str] = &[
     "samples",
     "events",
     "participants",
+    "predictions",
+    "outcomes",
+    "model_decisions",
 ];
 
 pub fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
 }
 
-/// The provider of `name` over `view`, if there is such a table.
+/// The provider of `name` over a loaded view, if there is such a table.
 pub fn table(
     name: &str,
-    view: &Arc<QueryView>,
-    participants: &[gbrain_catalog::Participant],
+    loaded: &Loaded,
     store: &Arc<dyn object_store::ObjectStore>,
 ) -> Result<Option<Arc<dyn TableProvider>>> {
+    let view = &loaded.view;
+    let participants = &loaded.participants;
+    let rows = |t: RowTable| -> Arc<dyn TableProvider> {
+        Arc::new(RowsTable::new(t, Arc::clone(view), Arc::clone(store)))
+    };
     Ok(Some(match name {
         "recordings" => mem(recordings(view)?)?,
         "channels" => mem(channels(view)?)?,
         "segments" => mem(segments(view)?)?,
         "participants" => mem(participants_batch(participants)?)?,
         "samples" => Arc::new(SamplesTable::new(Arc::clone(view))),
-        "events" => Arc::new(EventsTable::new(Arc::clone(view), Arc::clone(store))),
+        "events" => rows(RowTable::Events),
+        "predictions" => rows(RowTable::Predictions),
+        "outcomes" => rows(RowTable::Outcomes),
+        "model_decisions" => mem(decisions_batch(&loaded.decisions)?)?,
         _ => return Ok(None),
     }))
 }
@@ -255,6 +266,38 @@ fn participants_batch(p: &[gbrain_catalog::Participant]) -> Result<RecordBatch> 
         Arc::new(StringArray::from_iter_values(
             p.iter().map(|x| x.attributes_json.as_str()),
         )),
+    ];
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+/// The feedback loop's decisions about model versions, oldest first.
+fn decisions_batch(d: &[gbrain_catalog::ModelDecision]) -> Result<RecordBatch> {
+    let schema: SchemaRef = Arc::new(Schema::new(vec![
+        Field::new("model", DataType::Utf8, false),
+        Field::new("version", DataType::Int64, false),
+        Field::new("parent_version", DataType::Int64, true),
+        // fit, shadow, canary, promote, rollback or reject.
+        Field::new("action", DataType::Utf8, false),
+        // A JSON object: the numbers the decision was made on.
+        Field::new("evidence", DataType::Utf8, false),
+        Field::new("decided_at", timestamp_type(), false),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            d.iter().map(|x| x.model.as_str()),
+        )),
+        Arc::new(Int64Array::from_iter_values(d.iter().map(|x| x.version))),
+        Arc::new(Int64Array::from_iter(d.iter().map(|x| x.parent_version))),
+        Arc::new(StringArray::from_iter_values(
+            d.iter().map(|x| x.action.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            d.iter().map(|x| x.evidence_json.as_str()),
+        )),
+        Arc::new(
+            TimestampNanosecondArray::from_iter_values(d.iter().map(|x| x.decided_ns))
+                .with_timezone("UTC"),
+        ),
     ];
     Ok(RecordBatch::try_new(schema, columns)?)
 }

@@ -100,10 +100,53 @@ pub const LIVE_FORMAT: &str = "LIVE";
 /// Event files of a view read into memory when they total less than this.
 pub const EVENTS_IN_MEMORY_BYTES: u64 = 64 << 20;
 
-/// Every event of a view, in recording order: one batch in the `events` table's schema, and
-/// each recording's rows.
+/// The tables whose rows are files attached to recordings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowTable {
+    Events = 0,
+    Predictions = 1,
+    Outcomes = 2,
+}
+
+impl RowTable {
+    pub const ALL: [RowTable; 3] = [Self::Events, Self::Predictions, Self::Outcomes];
+
+    /// Its position in [`RowTable::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn kind(self) -> FileKind {
+        match self {
+            Self::Events => FileKind::Events,
+            Self::Predictions => FileKind::Predictions,
+            Self::Outcomes => FileKind::Outcomes,
+        }
+    }
+
+    fn of(kind: FileKind) -> Option<Self> {
+        match kind {
+            FileKind::Signal => None,
+            FileKind::Events => Some(Self::Events),
+            FileKind::Predictions => Some(Self::Predictions),
+            FileKind::Outcomes => Some(Self::Outcomes),
+        }
+    }
+
+    /// The columns stored in its files.
+    pub fn stored_schema(self) -> arrow::datatypes::SchemaRef {
+        match self {
+            Self::Events => gbrain_storage::events::schema(),
+            Self::Predictions => gbrain_storage::loop_rows::predictions_schema(),
+            Self::Outcomes => gbrain_storage::loop_rows::outcomes_schema(),
+        }
+    }
+}
+
+/// Every row of one such table in a view, in recording order: one batch in the table's schema,
+/// and each recording's rows.
 #[derive(Debug)]
-pub struct EventsInMemory {
+pub struct RowsInMemory {
     pub batch: arrow::array::RecordBatch,
     /// Recording id to (first row, rows).
     pub ranges: HashMap<String, (usize, usize)>,
@@ -117,10 +160,11 @@ pub struct QueryView {
     pub recording_index: HashMap<String, usize>,
     /// Every signal channel (no annotation signals), by recording then channel index.
     pub channels: Vec<ChannelInfo>,
-    /// Events files: (recording position, file).
-    pub event_files: Vec<(usize, DataFileRow)>,
-    /// The events, read once per view when small enough (views never change).
-    pub events: tokio::sync::OnceCell<Option<Arc<EventsInMemory>>>,
+    /// Files of each [`RowTable`], by its position in [`RowTable::ALL`]: (recording position,
+    /// file).
+    pub row_files: [Vec<(usize, DataFileRow)>; 3],
+    /// Each row table's rows, read once per view when small enough (views never change).
+    pub rows: [tokio::sync::OnceCell<Option<Arc<RowsInMemory>>>; 3],
 }
 
 impl QueryView {
@@ -137,7 +181,7 @@ impl QueryView {
             segments.entry(rec.as_str()).or_default().push(s);
         }
         let mut files: HashMap<(&str, i64), Vec<SignalFile>> = HashMap::new();
-        let mut event_files = Vec::new();
+        let mut row_files: [Vec<(usize, DataFileRow)>; 3] = Default::default();
         for (rec, f) in &view.files {
             match f.kind {
                 FileKind::Signal => {
@@ -153,9 +197,9 @@ impl QueryView {
                             });
                     }
                 }
-                FileKind::Events => {
-                    if let Some(&i) = recording_index.get(rec) {
-                        event_files.push((i, f.clone()));
+                kind => {
+                    if let (Some(&i), Some(t)) = (recording_index.get(rec), RowTable::of(kind)) {
+                        row_files[t.index()].push((i, f.clone()));
                     }
                 }
             }
@@ -194,8 +238,8 @@ impl QueryView {
             view,
             recording_index,
             channels,
-            event_files,
-            events: tokio::sync::OnceCell::new(),
+            row_files,
+            rows: Default::default(),
         }
     }
 

@@ -91,7 +91,7 @@ pub async fn read_digital(
 /// onset last.
 pub async fn read_events(env: &FunctionEnv, recording: usize) -> Result<Vec<EventRow>> {
     let mut out = Vec::new();
-    for (ri, f) in &env.view.event_files {
+    for (ri, f) in &env.view.row_files[crate::view::RowTable::Events.index()] {
         if *ri != recording {
             continue;
         }

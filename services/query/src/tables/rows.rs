@@ -1,6 +1,7 @@
-//! The `events` table: every event of every recording, from the events files the view lists.
-//! Events are small beside samples, so a view reads them into memory once and every later query
-//! of that view scans memory; past [`EVENTS_IN_MEMORY_BYTES`] the files are scanned instead.
+//! The tables whose rows are files attached to recordings: `events` (every event of every
+//! recording), and the feedback loop's `predictions` and `outcomes`. Their rows are small
+//! beside samples, so a view reads a table's files into memory once and every later query of
+//! that view scans memory; past [`EVENTS_IN_MEMORY_BYTES`] the files are scanned instead.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,51 +27,47 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::filters::Selection;
 use super::samples::STORE_URL;
-use crate::view::{EVENTS_IN_MEMORY_BYTES, EventsInMemory, QueryView};
+use crate::view::{EVENTS_IN_MEMORY_BYTES, QueryView, RowTable, RowsInMemory};
 
 /// The stored columns, then `recording_id` from the file's recording.
-pub fn events_schema() -> SchemaRef {
-    let stored = gbrain_storage::events::schema();
+pub fn rows_schema(table: RowTable) -> SchemaRef {
+    let stored = table.stored_schema();
     let mut fields: Vec<Field> = stored.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new("recording_id", DataType::Utf8, false));
     Arc::new(Schema::new(fields))
 }
 
 #[derive(Debug)]
-pub struct EventsTable {
+pub struct RowsTable {
+    table: RowTable,
     view: Arc<QueryView>,
     store: Arc<dyn ObjectStore>,
     schema: SchemaRef,
 }
 
-impl EventsTable {
-    pub fn new(view: Arc<QueryView>, store: Arc<dyn ObjectStore>) -> Self {
+impl RowsTable {
+    pub fn new(table: RowTable, view: Arc<QueryView>, store: Arc<dyn ObjectStore>) -> Self {
         Self {
+            table,
             view,
             store,
-            schema: events_schema(),
+            schema: rows_schema(table),
         }
     }
 }
 
-/// Reads every events file of a view into one batch, when they are small enough.
+/// Reads every file of a row table in a view into one batch, when they are small enough.
 async fn load(
+    table: RowTable,
     view: &QueryView,
     store: &Arc<dyn ObjectStore>,
-) -> Result<Option<Arc<EventsInMemory>>> {
-    let total: u64 = view
-        .event_files
-        .iter()
-        .map(|(_, f)| f.size_bytes.max(0) as u64)
-        .sum();
+) -> Result<Option<Arc<RowsInMemory>>> {
+    let files = &view.row_files[table.index()];
+    let total: u64 = files.iter().map(|(_, f)| f.size_bytes.max(0) as u64).sum();
     if total > EVENTS_IN_MEMORY_BYTES {
         return Ok(None);
     }
-    let mut files: Vec<(usize, String)> = view
-        .event_files
-        .iter()
-        .map(|(r, f)| (*r, f.path.clone()))
-        .collect();
+    let mut files: Vec<(usize, String)> = files.iter().map(|(r, f)| (*r, f.path.clone())).collect();
     files.sort_by_key(|(r, _)| *r);
     let fetched: Vec<(usize, bytes::Bytes, String)> = futures::stream::iter(files)
         .map(|(r, path)| {
@@ -89,7 +86,7 @@ async fn load(
         .buffered(16)
         .try_collect()
         .await?;
-    let schema = events_schema();
+    let schema = rows_schema(table);
     let mut batches = Vec::new();
     let mut ranges: HashMap<String, (usize, usize)> = HashMap::new();
     let mut at = 0usize;
@@ -110,11 +107,11 @@ async fn load(
         }
     }
     let batch = arrow::compute::concat_batches(&schema, &batches)?;
-    Ok(Some(Arc::new(EventsInMemory { batch, ranges })))
+    Ok(Some(Arc::new(RowsInMemory { batch, ranges })))
 }
 
 #[async_trait]
-impl TableProvider for EventsTable {
+impl TableProvider for RowsTable {
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
     }
@@ -148,10 +145,8 @@ impl TableProvider for EventsTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let (sel, _) = Selection::from_filters(filters);
-        let cached = self
-            .view
-            .events
-            .get_or_try_init(|| load(&self.view, &self.store))
+        let cached = self.view.rows[self.table.index()]
+            .get_or_try_init(|| load(self.table, &self.view, &self.store))
             .await?;
         if let Some(events) = cached {
             // Each recording's rows are contiguous: slicing them out copies nothing.
@@ -176,9 +171,7 @@ impl TableProvider for EventsTable {
                 projection.cloned(),
             )?);
         }
-        let files: Vec<PartitionedFile> = self
-            .view
-            .event_files
+        let files: Vec<PartitionedFile> = self.view.row_files[self.table.index()]
             .iter()
             .filter_map(|(ri, f)| {
                 let id = &self.view.recording(*ri).recording_id;
@@ -200,7 +193,7 @@ impl TableProvider for EventsTable {
             };
             return Ok(Arc::new(EmptyExec::new(schema)));
         }
-        let table_schema = TableSchema::builder(gbrain_storage::events::schema())
+        let table_schema = TableSchema::builder(self.table.stored_schema())
             .with_table_partition_cols(vec![Arc::new(Field::new(
                 "recording_id",
                 DataType::Utf8,
