@@ -76,6 +76,7 @@ async fn refits_go_through_shadow_and_canary_to_promotion_with_their_lineage() {
             // Debug build on a loaded machine.
             deadline_ms: 5000.0,
             evolve: Some(loop_sim::simulation_policy()),
+            coordinator: None,
         },
     )
     .await
@@ -149,8 +150,8 @@ async fn refits_go_through_shadow_and_canary_to_promotion_with_their_lineage() {
         .sql(
             ANALYST_TOKEN,
             &format!(
-                "SELECT action, version, parent_version, evidence FROM model_decisions \
-                 WHERE model = '{}'",
+                "SELECT action, version, parent_version, evidence, accuracy, parent_accuracy \
+                 FROM model_decisions WHERE model = '{}' ORDER BY decided_at",
                 loop_sim::DEFAULT_MODEL
             ),
         )
@@ -158,9 +159,18 @@ async fn refits_go_through_shadow_and_canary_to_promotion_with_their_lineage() {
         .unwrap();
     assert_eq!(r.num_rows(), decisions.len());
     let actions = arrow::compute::cast(r.column(0), &DataType::Utf8).unwrap();
+    let float = |c: usize, i: usize| {
+        arrow::compute::cast(r.column(c), &DataType::Float64)
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Float64Type>()
+            .value(i)
+    };
     for (i, d) in decisions.iter().enumerate() {
         assert_eq!(actions.as_string::<i32>().value(i), d.action);
         assert_eq!(int(&r, 1, i) as u64, d.version);
+        if d.action == "promote" && d.version == promoted.version {
+            assert_eq!((float(4, i), float(5, i)), (cand, cur));
+        }
     }
     let r = sb
         .sql(

@@ -383,8 +383,58 @@ pub fn demo(root: &Path) -> anyhow::Result<()> {
             &["loop", "simulate", "--sessions", "4", "--seconds", "30"],
         )?)
     );
-    println!("   the decoder the loop used:");
+    println!(
+        "   the fixed decoder again, now evolving: outcomes refit it, each refit is pushed as a\n   \
+         new version with its lineage, decodes in shadow, then for one of the two subjects\n   \
+         (canary), and is promoted if it beats the current version on the same trials:"
+    );
+    println!(
+        "   $ gbrain loop simulate --sessions 2 --seconds 600 --drift 0.1 --adaptation off --evolve --fast"
+    );
+    print!(
+        "{}",
+        indent(&gbrain(
+            &bin,
+            &cluster,
+            &[
+                "loop",
+                "simulate",
+                "--sessions",
+                "2",
+                "--seconds",
+                "600",
+                "--drift",
+                "0.1",
+                "--adaptation",
+                "off",
+                "--evolve",
+                "--fast",
+            ],
+        )?)
+    );
+    println!("   the decoder's versions:");
     print!("{}", indent(&gbrain(&bin, &cluster, &["models", "ls"])?));
+    for (what, sql) in [
+        (
+            "every decision, stored",
+            "SELECT version, parent_version, action, windows, round(accuracy, 3) AS accuracy, \
+             round(parent_accuracy, 3) AS parent_accuracy, snapshot \
+             FROM model_decisions ORDER BY decided_at",
+        ),
+        (
+            "accuracy of each version's feedback, from the stored predictions and outcomes",
+            "SELECT p.model_version AS version, p.role, count(*) AS windows, \
+             round(avg(CASE WHEN p.class = o.label THEN 1.0 ELSE 0.0 END), 3) AS accuracy \
+             FROM predictions p JOIN outcomes o ON p.session_id = o.session_id \
+             AND p.window_number BETWEEN o.first_window AND o.last_window \
+             WHERE p.model = 'synthetic-mi-lda' AND p.model_version <> '' \
+             GROUP BY p.model_version, p.role ORDER BY p.role, CAST(p.model_version AS BIGINT)",
+        ),
+    ] {
+        println!("   {what}:");
+        println!("   $ gbrain sql \"{sql}\"");
+        print!("{}", indent(&gbrain(&bin, &cluster, &["sql", sql])?));
+    }
 
     step(11, "metrics (Prometheus, http://.../metrics)");
     let metrics = http_get(&cluster.metrics)?;

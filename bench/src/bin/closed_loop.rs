@@ -88,6 +88,7 @@ fn main() -> anyhow::Result<()> {
             realtime: true,
             deadline_ms: args.deadline_ms,
             evolve: None,
+            coordinator: None,
         };
         let report = load.block_on(loop_sim::simulate(&client, &opts))?;
         let j = report.json();

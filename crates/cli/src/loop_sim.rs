@@ -134,6 +134,8 @@ pub struct Options {
     /// Let the model evolve (refits, shadow, canary, promotion) under this policy; needs the
     /// operator role. Sessions then follow the model's current version.
     pub evolve: Option<pb::EvolutionPolicy>,
+    /// The coordinator, when it is not at the server (`gbrain serve coordinator`).
+    pub coordinator: Option<String>,
 }
 
 /// The policy `--evolve` uses: refits every 400 labelled windows (about a minute of two
@@ -418,7 +420,7 @@ pub async fn simulate(args: &ClientArgs, opts: &Options) -> anyhow::Result<Repor
         }
     };
     let mut looping = LoopServiceClient::with_interceptor(
-        connect_channel(&args.server).await?,
+        connect_channel(opts.coordinator.as_ref().unwrap_or(&args.server)).await?,
         Bearer::new(args.token.as_deref())?,
     );
     if let Some(policy) = &opts.evolve {
@@ -507,7 +509,11 @@ async fn one_session(
             channel.clone(),
             bearer.clone(),
         );
-    let mut looping = LoopServiceClient::with_interceptor(channel, bearer);
+    let looping_channel = match &opts.coordinator {
+        Some(c) => connect_channel(c).await?,
+        None => channel,
+    };
+    let mut looping = LoopServiceClient::with_interceptor(looping_channel, bearer);
 
     let layout = stream_layout(&subject);
     let (tx, mut acks, _) = open_stream(

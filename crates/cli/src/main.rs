@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use gbrain_common::clap_blocks::{ClientArgs, InferenceServeArgs, IngestServeArgs, QueryServeArgs};
+use gbrain_common::clap_blocks::{
+    ClientArgs, CoordinatorServeArgs, InferenceServeArgs, IngestServeArgs, QueryServeArgs,
+};
 
 use gbrain_cli::{bids, loop_sim, models, snapshot, sql, upload};
 
@@ -137,6 +139,12 @@ enum ServeRole {
         #[command(flatten)]
         args: InferenceServeArgs,
     },
+    /// The feedback-loop coordinator: follows live streams on an ingest service, decodes on
+    /// inference nodes, stores predictions and outcomes.
+    Coordinator {
+        #[command(flatten)]
+        args: CoordinatorServeArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -173,6 +181,10 @@ enum LoopCommand {
         /// shadow and canary to promotion or rollback (operator role).
         #[arg(long)]
         evolve: bool,
+        /// The coordinator's endpoint when it runs apart from --server (gbrain serve
+        /// coordinator).
+        #[arg(long, env = "GBRAIN_COORDINATOR")]
+        coordinator: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -309,6 +321,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve {
             role: ServeRole::Inference { args },
         } => serve::inference(args).await,
+        Command::Serve {
+            role: ServeRole::Coordinator { args },
+        } => serve::coordinator(args).await,
         Command::Models { command } => match command {
             ModelsCommand::Push {
                 file,
@@ -337,6 +352,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     fast,
                     deadline_ms,
                     evolve,
+                    coordinator,
                     client,
                 },
         } => {
@@ -358,6 +374,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 realtime: !fast,
                 deadline_ms,
                 evolve: evolve.then(loop_sim::simulation_policy),
+                coordinator,
             };
             let report = loop_sim::simulate(&client, &opts).await?;
             if client.json {

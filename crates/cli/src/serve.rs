@@ -9,8 +9,8 @@ use anyhow::Context;
 use gbrain_catalog::Catalog;
 use gbrain_common::auth::{Authenticator, generate_token};
 use gbrain_common::clap_blocks::{
-    AuthArgs, CoordinatorArgs, InferenceArgs, InferenceServeArgs, IngestArgs, IngestServeArgs,
-    LogArgs, QueryArgs, QueryServeArgs, ServerArgs,
+    AuthArgs, CoordinatorArgs, CoordinatorServeArgs, InferenceArgs, InferenceServeArgs, IngestArgs,
+    IngestServeArgs, LogArgs, QueryArgs, QueryServeArgs, ServerArgs,
 };
 use gbrain_common::clock::{Clock, SystemClock};
 use gbrain_common::server::{bind, cancel_on_signal, start_process};
@@ -216,6 +216,25 @@ pub async fn inference(args: InferenceServeArgs) -> anyhow::Result<ExitCode> {
         http.local_addr()?
     );
     gbrain_inference::run(config, grpc, Some(http), cancel_on_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The feedback-loop coordinator as its own process.
+pub async fn coordinator(args: CoordinatorServeArgs) -> anyhow::Result<ExitCode> {
+    let auth = start_process(&args.log, &args.auth)?;
+    let aws = gbrain_storage::store::aws_options(std::env::vars());
+    let config = gbrain_coordinator::ServeConfig::from_args(&args, auth, aws);
+    let (grpc, http) = bind(&args.server).await?;
+    println!(
+        "coordinator: gRPC on {}, metrics on http://{}/metrics (streams from {}, decoding on {})",
+        grpc.local_addr()?,
+        http.local_addr()?,
+        args.ingest_endpoint,
+        args.coordinator.inference_endpoints.join(", ")
+    );
+    gbrain_coordinator::run(config, grpc, Some(http), cancel_on_signal())
+        .await
+        .map_err(anyhow::Error::msg)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -185,6 +185,27 @@ pub struct CoordinatorArgs {
     pub inference_endpoints: Vec<String>,
 }
 
+/// Everything `gbrain serve coordinator` and `gbrain-coordinator` take.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CoordinatorServeArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// Where predictions, outcomes and model decisions are committed.
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+    #[command(flatten)]
+    pub store: ObjectStoreArgs,
+    /// The ingest service whose live streams sessions follow (`http://host:port`).
+    #[arg(long, env = "GBRAIN_INGEST_ENDPOINT")]
+    pub ingest_endpoint: String,
+    #[command(flatten)]
+    pub coordinator: CoordinatorArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
 /// Everything `gbrain serve inference` and `gbrain-inference` take.
 #[derive(Debug, Clone, clap::Args)]
 pub struct InferenceServeArgs {

@@ -35,6 +35,10 @@ pub enum Error {
     #[error("catalog: {0}")]
     Catalog(#[from] gbrain_catalog::Error),
 
+    /// The caller may not do this (say, follow a stream through ingest).
+    #[error("{0}")]
+    Denied(String),
+
     /// The model repository refused or failed a push.
     #[error("model repository: {0}")]
     Models(String),
@@ -51,6 +55,7 @@ impl From<Error> for tonic::Status {
             Error::Inference(_) | Error::Source(_) => Self::unavailable(msg),
             Error::Exhausted(_) => Self::resource_exhausted(msg),
             Error::Records(_) | Error::Catalog(_) | Error::Models(_) => Self::unavailable(msg),
+            Error::Denied(_) => Self::permission_denied(msg),
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod decoder;
 pub mod dsp;
 mod error;
 pub mod evolution;
+pub mod feed;
 pub mod kserve;
 mod metrics;
 pub mod offline;
@@ -38,6 +39,7 @@ use gbrain_common::clock::Clock;
 use gbrain_proto::coordinator::v1 as pb;
 
 pub use error::{Error, Result};
+pub use feed::{Feed, LocalStreams, RemoteStreams, SampleSource};
 pub use metrics::CoordinatorMetrics;
 
 /// The gRPC service name, for health and reflection.
@@ -45,33 +47,6 @@ pub const SERVICE_NAME: &str = "globalbrain.coordinator.v1.LoopService";
 
 /// The most sessions one coordinator runs.
 pub const MAX_SESSIONS: usize = 4096;
-
-/// Where a loop session's samples come from: the ingest node that takes its stream. The
-/// embedded cluster subscribes in-process.
-pub trait SampleSource: Send + Sync + std::fmt::Debug {
-    fn subscribe(&self, tenant: &str, stream_id: &str)
-    -> Result<gbrain_ingest::live::Subscription>;
-}
-
-/// The live streams of an ingest service in the same process.
-#[derive(Debug)]
-pub struct LocalStreams(pub Arc<gbrain_ingest::Ingest>);
-
-impl SampleSource for LocalStreams {
-    fn subscribe(
-        &self,
-        tenant: &str,
-        stream_id: &str,
-    ) -> Result<gbrain_ingest::live::Subscription> {
-        let live = self.0.live().ok_or_else(|| {
-            Error::precondition("stream_id", "the ingest node takes no live streams")
-        })?;
-        live.subscribe(tenant, stream_id).map_err(|e| match e {
-            gbrain_ingest::Error::NotFound(m) => Error::precondition("stream_id", m),
-            other => Error::Source(other.to_string()),
-        })
-    }
-}
 
 /// The coordinator: its sessions, the inference nodes, and where samples come from.
 #[derive(Debug)]
@@ -203,7 +178,10 @@ impl Coordinator {
         authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     ) -> Result<Arc<session::Session>> {
         let spec = session::Spec::from_request(request)?;
-        let feed = self.source.subscribe(tenant, &spec.stream_id)?;
+        let feed = self
+            .source
+            .subscribe(tenant, &spec.stream_id, &authorization)
+            .await?;
         session::check(&spec, &feed)?;
         {
             let mut sessions = self.sessions();
@@ -254,4 +232,87 @@ impl Coordinator {
             s.stop.cancel();
         }
     }
+}
+
+/// What a coordinator of its own needs.
+#[derive(Debug)]
+pub struct ServeConfig {
+    pub catalog_url: String,
+    pub object_store_url: String,
+    pub object_store_options: Vec<(String, String)>,
+    pub ingest_endpoint: String,
+    pub inference_endpoints: Vec<String>,
+    pub auth: Arc<gbrain_common::auth::Authenticator>,
+    pub drain_delay: std::time::Duration,
+}
+
+impl ServeConfig {
+    pub fn from_args(
+        args: &gbrain_common::clap_blocks::CoordinatorServeArgs,
+        auth: Arc<gbrain_common::auth::Authenticator>,
+        object_store_options: Vec<(String, String)>,
+    ) -> Self {
+        Self {
+            catalog_url: args.catalog.catalog.clone(),
+            object_store_url: args.store.object_store.clone(),
+            object_store_options,
+            ingest_endpoint: args.ingest_endpoint.clone(),
+            inference_endpoints: args.coordinator.inference_endpoints.clone(),
+            auth,
+            drain_delay: std::time::Duration::from_secs(args.server.drain_seconds),
+        }
+    }
+}
+
+/// Serves the coordinator as its own process until `shutdown`: sessions follow streams over
+/// the ingest service's `Tail`, decode on the inference nodes, and store their rows through
+/// the catalog and object store the other services share.
+pub async fn run(
+    config: ServeConfig,
+    grpc: tokio::net::TcpListener,
+    http: Option<tokio::net::TcpListener>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::result::Result<(), String> {
+    let catalog = gbrain_catalog::Catalog::connect(&config.catalog_url)
+        .await
+        .map_err(|e| format!("catalog: {e}"))?;
+    let store = gbrain_storage::store::open(&config.object_store_url, &config.object_store_options)
+        .map_err(|e| format!("object store: {e}"))?;
+    let clock: Arc<dyn Clock> = Arc::new(gbrain_common::clock::SystemClock);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let coordinator = Coordinator::new(CoordinatorDeps {
+        source: Arc::new(RemoteStreams::new(&config.ingest_endpoint).map_err(|e| e.to_string())?),
+        records: records::Records::new(catalog.clone(), store, Arc::clone(&clock)),
+        inference: config.inference_endpoints,
+        clock,
+        metrics: CoordinatorMetrics::register(&mut registry),
+    })
+    .map_err(|e| e.to_string())?;
+    let grpc_metrics = gbrain_common::metrics::GrpcMetrics::register(&mut registry);
+    let stopping = {
+        let (c, s) = (Arc::clone(&coordinator), shutdown.clone());
+        tokio::spawn(async move {
+            s.cancelled().await;
+            c.stop_all();
+        })
+    };
+    let served = gbrain_common::server::serve(gbrain_common::server::ServeArgs {
+        routes: tonic::service::Routes::new(coordinator.grpc_service()),
+        service_names: vec![SERVICE_NAME],
+        descriptor_sets: vec![gbrain_proto::FILE_DESCRIPTOR_SET],
+        extra_method_paths: Vec::new(),
+        health: tonic_health::server::HealthReporter::new(),
+        auth: config.auth,
+        metrics: grpc_metrics,
+        registry: Arc::new(registry),
+        grpc_listener: grpc,
+        http_listener: http,
+        shutdown,
+        drain_delay: config.drain_delay,
+    })
+    .await
+    .map_err(|e| e.to_string());
+    stopping.abort();
+    catalog.close().await;
+    served
 }

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use gbrain_catalog::FileKind;
 use gbrain_common::clock::Clock;
-use gbrain_ingest::live::{LiveChunk, Subscription};
+use gbrain_ingest::live::LiveChunk;
 use gbrain_proto::coordinator::v1 as pb;
 use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::decoder::{Adapter, score_of};
 use crate::dsp::{BandPass, Features, Reference, ZScore};
 use crate::evolution::{Decided, Evolution, Labelled};
+use crate::feed::Feed;
 use crate::kserve::{Inferred, Pool};
 use crate::records::{self, OutcomeRow, PredictionRow, Records};
 use crate::{Error, Result};
@@ -716,7 +717,7 @@ struct Signal {
 }
 
 impl Signal {
-    fn new(spec: &Spec, feed: &Subscription) -> Result<Self> {
+    fn new(spec: &Spec, feed: &Feed) -> Result<Self> {
         let layout = &feed.layout;
         let rate = layout.sample_rate;
         let width = layout.channels.len();
@@ -817,17 +818,12 @@ impl Signal {
 }
 
 /// Checks that a session can run on this feed before it starts.
-pub fn check(spec: &Spec, feed: &Subscription) -> Result<()> {
+pub fn check(spec: &Spec, feed: &Feed) -> Result<()> {
     Signal::new(spec, feed).map(|_| ())
 }
 
 /// Runs a session until it is stopped or its stream ends.
-pub async fn run(
-    session: Arc<Session>,
-    mut feed: Subscription,
-    pool: Arc<Pool>,
-    clock: Arc<dyn Clock>,
-) {
+pub async fn run(session: Arc<Session>, mut feed: Feed, pool: Arc<Pool>, clock: Arc<dyn Clock>) {
     let mut signal = match Signal::new(&session.spec, &feed) {
         Ok(s) => s,
         Err(e) => {
@@ -845,7 +841,7 @@ pub async fn run(
     while !(ended && in_flight.is_empty()) {
         tokio::select! {
             () = session.stop.cancelled(), if !ended => ended = true,
-            next = feed.chunks.recv(), if !ended && in_flight.len() < MAX_IN_FLIGHT => {
+            next = feed.recv(), if !ended && in_flight.len() < MAX_IN_FLIGHT => {
                 match next {
                     Ok(chunk) => {
                         for s in 0..chunk.samples {

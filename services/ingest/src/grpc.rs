@@ -12,9 +12,10 @@ use gbrain_proto::ingest::v1::{
     AppendEventsRequest, AppendEventsResponse, Channel, ExportFormat, ExportRecordingRequest,
     ExportRecordingResponse, GetRecordingRequest, GetUploadRequest, GetUploadResponse,
     ListRecordingsRequest, ListRecordingsResponse, PutParticipantsRequest, PutParticipantsResponse,
-    Recording, RecordingCounts, Segment, StreamAck, StreamClosed, StreamOpened, StreamRequest,
-    StreamResponse, UploadRequest, UploadResponse, export_recording_response, stream_chunk,
-    stream_request, stream_response,
+    Recording, RecordingCounts, Segment, StreamAck, StreamChannel, StreamClosed, StreamLayout,
+    StreamOpened, StreamRequest, StreamResponse, TailChunk, TailOpened, TailRequest, TailResponse,
+    UploadRequest, UploadResponse, export_recording_response, stream_chunk, stream_request,
+    stream_response, tail_response,
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -31,6 +32,42 @@ impl GrpcIngest {
         Self { ingest }
     }
 }
+
+/// A stream's layout from the wire.
+pub fn layout_from_proto(l: StreamLayout) -> crate::live::Layout {
+    crate::live::Layout {
+        sample_rate: l.sample_rate,
+        channels: l
+            .channels
+            .into_iter()
+            .map(|c| crate::live::ChannelSpec {
+                label: c.label,
+                kind: c.r#type,
+                unit: c.unit,
+                resolution: c.resolution,
+            })
+            .collect(),
+    }
+}
+
+/// A stream's layout for the wire.
+pub fn layout_to_proto(l: &crate::live::Layout) -> StreamLayout {
+    StreamLayout {
+        sample_rate: l.sample_rate,
+        channels: l
+            .channels
+            .iter()
+            .map(|c| StreamChannel {
+                label: c.label.clone(),
+                r#type: c.kind.clone(),
+                unit: c.unit.clone(),
+                resolution: c.resolution,
+            })
+            .collect(),
+    }
+}
+
+pub type TailStream = Pin<Box<dyn Stream<Item = Result<TailResponse, Status>> + Send>>;
 
 fn principal<T>(req: &Request<T>, roles: &[Role], action: &str) -> Result<Principal, Status> {
     let p = Principal::from_request(req)?.clone();
@@ -242,6 +279,57 @@ impl IngestService for GrpcIngest {
         )))
     }
 
+    type TailStream = TailStream;
+
+    async fn tail(
+        &self,
+        request: Request<TailRequest>,
+    ) -> Result<Response<Self::TailStream>, Status> {
+        let p = principal(&request, &[Role::Analyst, Role::Operator], "tail")?;
+        let stream_id = &request.get_ref().stream_id;
+        if stream_id.is_empty() {
+            return Err(Error::invalid("stream_id", "is required").into());
+        }
+        let live =
+            self.ingest.live.as_ref().ok_or_else(|| {
+                Error::precondition("stream_id", "this node takes no live streams")
+            })?;
+        let sub = live
+            .subscribe(p.tenant.as_str(), stream_id)
+            .map_err(|e| match e {
+                Error::NotFound(m) => Status::failed_precondition(format!("stream_id: {m}")),
+                other => Status::from(other),
+            })?;
+        let opened = TailResponse {
+            kind: Some(tail_response::Kind::Opened(TailOpened {
+                recording_id: sub.recording_id.clone(),
+                layout: Some(layout_to_proto(&sub.layout)),
+            })),
+        };
+        let chunks = tokio_stream::wrappers::BroadcastStream::new(sub.chunks).map(|c| {
+            use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+            Ok(TailResponse {
+                kind: Some(match c {
+                    Ok(c) => tail_response::Kind::Chunk(TailChunk {
+                        seq: c.seq,
+                        first_sample: c.first_sample,
+                        samples: c.samples as u32,
+                        values: c.values.clone(),
+                        received_ns: c.received_ns,
+                        source_time_ns: c.source_time_ns,
+                    }),
+                    Err(BroadcastStreamRecvError::Lagged(n)) => tail_response::Kind::Missed(n),
+                }),
+            })
+        });
+        // Ends when the stream closes or the node drains.
+        let draining = self.ingest.draining.clone();
+        let stream = futures::stream::once(async { Ok(opened) })
+            .chain(chunks)
+            .take_until(async move { draining.cancelled().await });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn export_recording(
         &self,
         request: Request<ExportRecordingRequest>,
@@ -407,19 +495,7 @@ async fn live_stream(
         Some(_) => return Err(Error::invalid("open", "the first message must be open")),
         None => return Ok(()),
     };
-    let layout = open.layout.map(|l| crate::live::Layout {
-        sample_rate: l.sample_rate,
-        channels: l
-            .channels
-            .into_iter()
-            .map(|c| crate::live::ChannelSpec {
-                label: c.label,
-                kind: c.r#type,
-                unit: c.unit,
-                resolution: c.resolution,
-            })
-            .collect(),
-    });
+    let layout = open.layout.map(layout_from_proto);
     let tenant = tenant_id.as_str();
     let recording = live_recording(ingest, tenant_id, &open.stream_id, open.metadata).await?;
     let (session, position) = live

@@ -19,7 +19,7 @@ mod error;
 pub mod events;
 pub mod export;
 pub mod gc;
-mod grpc;
+pub mod grpc;
 /// Live streams over the write-ahead log (sessions; the gRPC stream and flushing come next).
 pub mod live;
 pub mod metrics;

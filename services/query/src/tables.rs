@@ -270,18 +270,33 @@ fn participants_batch(p: &[gbrain_catalog::Participant]) -> Result<RecordBatch> 
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
-/// The feedback loop's decisions about model versions, oldest first.
+/// The feedback loop's decisions about model versions, oldest first. Besides the evidence,
+/// the numbers each decision turned on are columns: the version's and its parent's accuracy
+/// on the same windows (held-out windows for a fit, compared trials' windows otherwise).
 fn decisions_batch(d: &[gbrain_catalog::ModelDecision]) -> Result<RecordBatch> {
     let schema: SchemaRef = Arc::new(Schema::new(vec![
         Field::new("model", DataType::Utf8, false),
         Field::new("version", DataType::Int64, false),
         Field::new("parent_version", DataType::Int64, true),
-        // fit, shadow, canary, promote, rollback or reject.
+        // fit, canary, promote, rollback or reject.
         Field::new("action", DataType::Utf8, false),
-        // A JSON object: the numbers the decision was made on.
+        Field::new("windows", DataType::Int64, true),
+        Field::new("accuracy", DataType::Float64, true),
+        Field::new("parent_accuracy", DataType::Float64, true),
+        // A fit's data: the snapshot that pins it.
+        Field::new("snapshot", DataType::Utf8, true),
+        // A JSON object: every number the decision was made on, and a fit's lineage.
         Field::new("evidence", DataType::Utf8, false),
         Field::new("decided_at", timestamp_type(), false),
     ]));
+    let evidence: Vec<serde_json::Value> = d
+        .iter()
+        .map(|x| serde_json::from_str(&x.evidence_json).unwrap_or_default())
+        .collect();
+    let fit = |i: usize| d[i].action == "fit";
+    let num = |i: usize, fit_key: &str, key: &str| {
+        evidence[i][if fit(i) { fit_key } else { key }].as_f64()
+    };
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
             d.iter().map(|x| x.model.as_str()),
@@ -290,6 +305,18 @@ fn decisions_batch(d: &[gbrain_catalog::ModelDecision]) -> Result<RecordBatch> {
         Arc::new(Int64Array::from_iter(d.iter().map(|x| x.parent_version))),
         Arc::new(StringArray::from_iter_values(
             d.iter().map(|x| x.action.as_str()),
+        )),
+        Arc::new(Int64Array::from_iter((0..d.len()).map(|i| {
+            evidence[i][if fit(i) { "train_windows" } else { "windows" }].as_i64()
+        }))),
+        Arc::new(Float64Array::from_iter(
+            (0..d.len()).map(|i| num(i, "heldout_accuracy", "candidate_accuracy")),
+        )),
+        Arc::new(Float64Array::from_iter(
+            (0..d.len()).map(|i| num(i, "parent_heldout_accuracy", "current_accuracy")),
+        )),
+        Arc::new(StringArray::from_iter(
+            evidence.iter().map(|e| e["snapshot"].as_str()),
         )),
         Arc::new(StringArray::from_iter_values(
             d.iter().map(|x| x.evidence_json.as_str()),
