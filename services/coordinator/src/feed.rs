@@ -57,6 +57,22 @@ impl Feed {
         }
     }
 
+    /// A feed whose chunks (or gaps: chunks missed) come from the returned sender.
+    pub fn channel(
+        recording_id: String,
+        layout: Layout,
+    ) -> (mpsc::Sender<std::result::Result<Arc<LiveChunk>, u64>>, Self) {
+        let (tx, rx) = mpsc::channel(TAIL_CHUNKS);
+        (
+            tx,
+            Self {
+                recording_id,
+                layout,
+                chunks: Chunks::Remote(rx),
+            },
+        )
+    }
+
     /// The next chunk; `Lagged` when chunks were missed, `Closed` when the stream ended.
     pub async fn recv(
         &mut self,
@@ -162,7 +178,7 @@ impl SampleSource for RemoteStreams {
             Err(s) => return Err(from_status(&s, &self.endpoint)),
         };
         let layout = gbrain_ingest::grpc::layout_from_proto(opened.layout.unwrap_or_default());
-        let (tx, rx) = mpsc::channel(TAIL_CHUNKS);
+        let (tx, feed) = Feed::channel(opened.recording_id, layout);
         let endpoint = self.endpoint.clone();
         tokio::spawn(async move {
             loop {
@@ -191,10 +207,6 @@ impl SampleSource for RemoteStreams {
                 }
             }
         });
-        Ok(Feed {
-            recording_id: opened.recording_id,
-            layout,
-            chunks: Chunks::Remote(rx),
-        })
+        Ok(feed)
     }
 }

@@ -539,6 +539,28 @@ impl Session {
         Ok(())
     }
 
+    /// Tells the feedback reader that samples `[from, to)` had no windows (window 0 is no
+    /// window): the session fell behind its stream and starts its windows again after it.
+    fn gap(&self, from: u64, to: u64, missed: u64, clock: &dyn Clock) {
+        let now = clock.now_ns();
+        let _ = self.feedback.send(pb::FeedbackMessage {
+            session_id: self.id.clone(),
+            window: 0,
+            first_sample: from,
+            end_sample: to,
+            result: Some(pb::feedback_message::Result::Error(format!(
+                "no windows over samples {from}..{to}: the session fell {missed} chunks behind \
+                 its stream; windows start again after the gap"
+            ))),
+            stamps: Some(pb::Stamps {
+                source_ns: None,
+                received_ns: now,
+                inferred_ns: now,
+                sent_ns: now,
+            }),
+        });
+    }
+
     /// Takes a decoded window: adapts each version's layer, keeps its decisions, sends the
     /// live version's feedback, and holds the rows.
     fn finish(&self, p: Pending, decoded: Decoded, clock: &dyn Clock) {
@@ -690,6 +712,17 @@ impl Session {
     }
 }
 
+/// A session's next message, in order.
+enum Step {
+    Window(Pending, Box<Decoded>),
+    /// Samples `[from, to)` had no windows: the session fell `missed` chunks behind.
+    Gap {
+        from: u64,
+        to: u64,
+        missed: u64,
+    },
+}
+
 /// What the inference nodes made of a window.
 struct Decoded {
     live: u64,
@@ -835,15 +868,26 @@ pub async fn run(session: Arc<Session>, mut feed: Feed, pool: Arc<Pool>, clock: 
         }
     };
     session.metrics.sessions_active.inc();
-    let mut in_flight = FuturesOrdered::new();
+    let mut in_flight: FuturesOrdered<std::pin::Pin<Box<dyn Future<Output = Step> + Send>>> =
+        FuturesOrdered::new();
     let mut window = 0u64;
     let mut ended = false;
+    // The end of the last chunk taken, and a gap the session fell into: (from, chunks missed).
+    let mut seen_to = 0u64;
+    let mut gap: Option<(u64, u64)> = None;
     while !(ended && in_flight.is_empty()) {
         tokio::select! {
             () = session.stop.cancelled(), if !ended => ended = true,
             next = feed.recv(), if !ended && in_flight.len() < MAX_IN_FLIGHT => {
                 match next {
                     Ok(chunk) => {
+                        if let Some((from, missed)) = gap.take() {
+                            let to = chunk.first_sample;
+                            in_flight.push_back(Box::pin(async move {
+                                Step::Gap { from, to, missed }
+                            }));
+                        }
+                        seen_to = chunk.first_sample + chunk.samples as u64;
                         for s in 0..chunk.samples {
                             let Some(features) = signal.push(&chunk, s) else { continue };
                             window += 1;
@@ -862,7 +906,7 @@ pub async fn run(session: Arc<Session>, mut feed: Feed, pool: Arc<Pool>, clock: 
                                 (Arc::clone(&pool), Arc::clone(&session), Arc::clone(&clock));
                             let x: Vec<f32> = features.iter().map(|v| *v as f32).collect();
                             let (live, shadow) = session.versions();
-                            in_flight.push_back(async move {
+                            in_flight.push_back(Box::pin(async move {
                                 let s = &session2;
                                 let infer = |v: u64| {
                                     let (pool, x) = (&pool, &x);
@@ -884,17 +928,17 @@ pub async fn run(session: Arc<Session>, mut feed: Feed, pool: Arc<Pool>, clock: 
                                     }
                                 });
                                 let inferred_ns = clock2.now_ns();
-                                (
+                                Step::Window(
                                     pending,
-                                    Decoded {
+                                    Box::new(Decoded {
                                         live,
                                         result,
                                         shadow,
                                         inferred_ns,
                                         features: x,
-                                    },
+                                    }),
                                 )
-                            });
+                            }));
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
@@ -903,13 +947,15 @@ pub async fn run(session: Arc<Session>, mut feed: Feed, pool: Arc<Pool>, clock: 
                             "loop session fell behind its stream; windows restart after the gap"
                         );
                         signal.reset();
+                        gap = Some((seen_to, gap.map_or(0, |(_, m)| m) + missed));
                     }
                     Err(broadcast::error::RecvError::Closed) => ended = true,
                 }
             }
-            Some((pending, decoded)) = in_flight.next(), if !in_flight.is_empty() => {
-                session.finish(pending, decoded, clock.as_ref());
-            }
+            Some(step) = in_flight.next(), if !in_flight.is_empty() => match step {
+                Step::Window(pending, decoded) => session.finish(pending, *decoded, clock.as_ref()),
+                Step::Gap { from, to, missed } => session.gap(from, to, missed, clock.as_ref()),
+            },
         }
     }
     session.state().running = false;
@@ -918,4 +964,116 @@ pub async fn run(session: Arc<Session>, mut feed: Feed, pool: Arc<Pool>, clock: 
     session.done.cancel();
     session.metrics.sessions_active.dec();
     tracing::info!(session = %session.id, "loop session ended");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use gbrain_common::clock::SystemClock;
+    use gbrain_ingest::live::{ChannelSpec, Layout, LiveChunk};
+
+    use super::*;
+
+    fn request() -> pb::StartSessionRequest {
+        pb::StartSessionRequest {
+            stream_id: "s".into(),
+            decoder: Some(pb::Decoder {
+                model: "m".into(),
+                version: 0,
+            }),
+            windowing: Some(pb::Windowing {
+                window_s: 1.0,
+                hop_s: 0.1,
+                channels: vec!["C3".into()],
+                preprocessing: Some(pb::Preprocessing {
+                    bands: vec![pb::Band {
+                        lo_hz: 8.0,
+                        hi_hz: 13.0,
+                    }],
+                    ..Default::default()
+                }),
+            }),
+            adaptation: None,
+            deadline_ms: 200.0,
+        }
+    }
+
+    fn chunk(seq: u64, first_sample: u64, samples: usize) -> Arc<LiveChunk> {
+        Arc::new(LiveChunk {
+            seq,
+            first_sample,
+            samples,
+            values: (0..samples * 2).map(|i| (i % 97) as i32).collect(),
+            received_ns: 1,
+            source_time_ns: None,
+        })
+    }
+
+    /// A session that falls behind its stream says so in its feedback, in order, and its
+    /// windows start again after the gap.
+    #[tokio::test]
+    async fn a_gap_in_the_stream_is_told_in_order() {
+        let catalog = gbrain_catalog::Catalog::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let records = Records::new(
+            catalog,
+            Arc::new(object_store::memory::InMemory::new()),
+            Arc::clone(&clock),
+        );
+        let layout = Layout {
+            sample_rate: 250.0,
+            channels: ["C3", "C4"]
+                .iter()
+                .map(|l| ChannelSpec {
+                    label: l.to_string(),
+                    kind: "EEG".into(),
+                    unit: "uV".into(),
+                    resolution: 1e-3,
+                })
+                .collect(),
+        };
+        let (tx, feed) = Feed::channel("r".into(), layout);
+        let session = Arc::new(Session::new(
+            Spec::from_request(&request()).unwrap(),
+            Parts {
+                id: "session".into(),
+                tenant: "t".into(),
+                recording_id: "r".into(),
+                rate: 250.0,
+                evolution: None,
+                records,
+                authorization: "Bearer x".parse().unwrap(),
+                metrics: crate::CoordinatorMetrics::register(&mut Default::default()),
+            },
+        ));
+        let mut feedback = session.subscribe();
+        // No inference node answers: every window gets its error, which is enough here.
+        let pool = Arc::new(Pool::new(&["http://127.0.0.1:1".to_string()]).unwrap());
+        let running = tokio::spawn(run(Arc::clone(&session), feed, pool, clock));
+        tx.send(Ok(chunk(1, 0, 300))).await.unwrap();
+        tx.send(Err(5)).await.unwrap();
+        tx.send(Ok(chunk(7, 1000, 300))).await.unwrap();
+        drop(tx);
+        running.await.unwrap();
+        let mut got = Vec::new();
+        while let Ok(m) = feedback.try_recv() {
+            got.push((m.window, m.first_sample, m.end_sample));
+        }
+        // Windows end every 25 samples once 250 are in: at 250, 275 and 300 of each run.
+        assert_eq!(
+            got,
+            vec![
+                (1, 0, 250),
+                (2, 25, 275),
+                (3, 50, 300),
+                (0, 300, 1000),
+                (4, 1000, 1250),
+                (5, 1025, 1275),
+                (6, 1050, 1300),
+            ]
+        );
+    }
 }
