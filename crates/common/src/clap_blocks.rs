@@ -179,8 +179,9 @@ pub struct InferenceArgs {
 /// The feedback-loop coordinator's settings.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct CoordinatorArgs {
-    /// Inference nodes the coordinator decodes on (`http://host:port`, comma-separated). In
-    /// `gbrain up` the default is the cluster's own inference service.
+    /// Inference nodes the coordinator decodes on, comma-separated: `http://host:port` for a
+    /// node, `dns://host:port` for every address of a name, resolved again every 5 s (a
+    /// headless Service). In `gbrain up` the default is the cluster's own inference service.
     #[arg(long, env = "GBRAIN_INFERENCE_ENDPOINTS", value_delimiter = ',')]
     pub inference_endpoints: Vec<String>,
 }

@@ -1,13 +1,15 @@
 //! The coordinator's KServe v2 client: one window's features to one of the inference nodes.
 //!
-//! Nodes are a static list of endpoints. Requests go round-robin over the nodes not ejected;
-//! a node that fails with a transport error, Unavailable, ResourceExhausted or the per-try
-//! timeout is ejected for [`EJECT_FOR`] and the window is tried on the next node, until its
-//! deadline. An error that is the request's own (the model is missing, the input is wrong) is
-//! returned at once: another node would answer the same.
+//! Nodes are a list of endpoints: `http://host:port` for one node, or `dns://host:port` for
+//! every address a name resolves to (a Kubernetes headless Service, say), resolved again every
+//! [`RESOLVE_EVERY`] so that nodes that come and go are found. Requests go round-robin over the
+//! nodes not ejected; a node that fails with a transport error, Unavailable, ResourceExhausted
+//! or the per-try timeout is ejected for [`EJECT_FOR`] and the window is tried on the next
+//! node, until its deadline. An error that is the request's own (the model is missing, the
+//! input is wrong) is returned at once: another node would answer the same.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,12 +22,37 @@ use crate::{Error, Result};
 
 /// How long a failed node is left out.
 pub const EJECT_FOR: Duration = Duration::from_secs(2);
+/// How often `dns://` endpoints are resolved again.
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 
 struct Node {
     endpoint: String,
     channel: Channel,
     client: GrpcInferenceServiceClient<Channel>,
     ejected_until: Mutex<Option<Instant>>,
+}
+
+impl Node {
+    fn new(endpoint: &str) -> Result<Arc<Self>> {
+        let channel = Endpoint::from_shared(endpoint.to_string())
+            .map_err(|err| Error::invalid("inference", format!("{endpoint}: {err}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Arc::new(Self {
+            endpoint: endpoint.to_string(),
+            client: GrpcInferenceServiceClient::new(channel.clone()),
+            channel,
+            ejected_until: Mutex::new(None),
+        }))
+    }
+
+    fn healthy(&self, now: Instant) -> bool {
+        self.ejected_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|t| t <= now)
+    }
 }
 
 /// What a node answered.
@@ -38,7 +65,13 @@ pub struct Inferred {
 
 /// The inference nodes.
 pub struct Pool {
-    nodes: Vec<Node>,
+    /// `http://` endpoints, as given.
+    fixed: Vec<String>,
+    /// `dns://` names: (host, port).
+    names: Vec<(String, u16)>,
+    nodes: RwLock<Arc<Vec<Arc<Node>>>>,
+    resolved_at: Mutex<Instant>,
+    resolving: AtomicBool,
     next: AtomicUsize,
 }
 
@@ -47,8 +80,9 @@ impl std::fmt::Debug for Pool {
         f.debug_struct("Pool")
             .field(
                 "nodes",
-                &self.nodes.iter().map(|n| &n.endpoint).collect::<Vec<_>>(),
+                &self.nodes().iter().map(|n| n.endpoint.clone()).collect::<Vec<_>>(),
             )
+            .field("names", &self.names)
             .finish()
     }
 }
@@ -66,8 +100,32 @@ fn retryable(status: &tonic::Status) -> bool {
     )
 }
 
+/// `dns://host:port` as (host, port).
+fn dns_name(endpoint: &str) -> Result<Option<(String, u16)>> {
+    let Some(rest) = endpoint.strip_prefix("dns://") else {
+        return Ok(None);
+    };
+    let bad = || {
+        Error::invalid(
+            "inference",
+            format!("{endpoint}: a dns:// endpoint is dns://host:port"),
+        )
+    };
+    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+    let port = port.parse().map_err(|_| bad())?;
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok(Some((host.to_string(), port)))
+}
+
+fn endpoint_of(addr: std::net::SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
 impl Pool {
-    /// Connects lazily to each endpoint (`http://host:port`).
+    /// Connects lazily to each endpoint (`http://host:port`, or `dns://host:port` for every
+    /// address the name has, resolved now and again every [`RESOLVE_EVERY`]).
     pub fn new(endpoints: &[String]) -> Result<Self> {
         if endpoints.is_empty() {
             return Err(Error::invalid(
@@ -75,70 +133,144 @@ impl Pool {
                 "the coordinator needs at least one inference node",
             ));
         }
-        let nodes = endpoints
+        let mut fixed = Vec::new();
+        let mut names = Vec::new();
+        for e in endpoints {
+            match dns_name(e)? {
+                Some(n) => names.push(n),
+                None => fixed.push(e.clone()),
+            }
+        }
+        // The first resolution blocks, once, at start; later ones run in the background.
+        let mut all = fixed.clone();
+        for (host, port) in &names {
+            match std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), *port)) {
+                Ok(addrs) => all.extend(addrs.map(endpoint_of)),
+                Err(e) => tracing::warn!(host = %host, error = %e, "inference name not resolved yet"),
+            }
+        }
+        all.sort();
+        all.dedup();
+        let nodes = all
             .iter()
-            .map(|e| {
-                let channel = Endpoint::from_shared(e.clone())
-                    .map_err(|err| Error::invalid("inference", format!("{e}: {err}")))?
-                    .connect_timeout(Duration::from_secs(1))
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                Ok(Node {
-                    endpoint: e.clone(),
-                    client: GrpcInferenceServiceClient::new(channel.clone()),
-                    channel,
-                    ejected_until: Mutex::new(None),
-                })
-            })
+            .map(|e| Node::new(e))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            nodes,
+            fixed,
+            names,
+            nodes: RwLock::new(Arc::new(nodes)),
+            resolved_at: Mutex::new(Instant::now()),
+            resolving: AtomicBool::new(false),
             next: AtomicUsize::new(0),
         })
+    }
+
+    fn nodes(&self) -> Arc<Vec<Arc<Node>>> {
+        Arc::clone(&self.nodes.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The nodes' endpoints now.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes().iter().map(|n| n.endpoint.clone()).collect()
+    }
+
+    /// Resolves the `dns://` names again, keeping the nodes (their connections and ejections)
+    /// whose addresses remain. A name that fails to resolve keeps its nodes.
+    pub async fn resolve(&self) {
+        if self.names.is_empty() {
+            return;
+        }
+        let current = self.nodes();
+        let mut wanted: Vec<String> = self.fixed.clone();
+        for (host, port) in &self.names {
+            match tokio::net::lookup_host((host.as_str(), *port)).await {
+                Ok(addrs) => wanted.extend(addrs.map(endpoint_of)),
+                Err(e) => {
+                    tracing::warn!(host = %host, error = %e, "inference name not resolved; keeping its nodes");
+                    let prefix_port = format!(":{port}");
+                    wanted.extend(
+                        current
+                            .iter()
+                            .filter(|n| {
+                                !self.fixed.contains(&n.endpoint)
+                                    && n.endpoint.ends_with(&prefix_port)
+                            })
+                            .map(|n| n.endpoint.clone()),
+                    );
+                }
+            }
+        }
+        wanted.sort();
+        wanted.dedup();
+        let nodes: Vec<Arc<Node>> = wanted
+            .iter()
+            .filter_map(|e| {
+                current
+                    .iter()
+                    .find(|n| &n.endpoint == e)
+                    .cloned()
+                    .or_else(|| Node::new(e).ok())
+            })
+            .collect();
+        let before: Vec<&str> = current.iter().map(|n| n.endpoint.as_str()).collect();
+        if before != wanted.iter().map(String::as_str).collect::<Vec<_>>() {
+            tracing::info!(nodes = ?wanted, "inference nodes changed");
+        }
+        *self.nodes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(nodes);
+        *self.resolved_at.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// Starts a resolution in the background when the last is older than [`RESOLVE_EVERY`].
+    fn maybe_resolve(self: &Arc<Self>) {
+        if self.names.is_empty() {
+            return;
+        }
+        let stale = self
+            .resolved_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+            >= RESOLVE_EVERY;
+        if stale && !self.resolving.swap(true, Ordering::AcqRel) {
+            let me = Arc::clone(self);
+            tokio::spawn(async move {
+                me.resolve().await;
+                me.resolving.store(false, Ordering::Release);
+            });
+        }
     }
 
     /// A channel to each node, those not ejected first (for the model repository).
     pub fn channels(&self) -> Vec<Channel> {
         let now = Instant::now();
-        let mut nodes: Vec<&Node> = self.nodes.iter().collect();
-        nodes.sort_by_key(|n| {
-            n.ejected_until
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some_and(|t| t > now)
-        });
+        let mut nodes: Vec<Arc<Node>> = self.nodes().iter().cloned().collect();
+        nodes.sort_by_key(|n| !n.healthy(now));
         nodes.into_iter().map(|n| n.channel.clone()).collect()
     }
 
     /// The node to try next: round-robin over those not ejected (all, when all are).
-    fn pick(&self, tried: &[usize]) -> Option<usize> {
-        let n = self.nodes.len();
+    fn pick(&self, nodes: &[Arc<Node>], tried: &[usize]) -> Option<usize> {
+        let n = nodes.len();
+        if n == 0 {
+            return None;
+        }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        let healthy = |i: usize| {
-            self.nodes[i]
-                .ejected_until
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_none_or(|t| t <= now)
-        };
         (0..n)
             .map(|k| (start + k) % n)
-            .find(|i| !tried.contains(i) && healthy(*i))
+            .find(|i| !tried.contains(i) && nodes[*i].healthy(now))
             .or_else(|| (0..n).map(|k| (start + k) % n).find(|i| !tried.contains(i)))
     }
 
-    fn eject(&self, i: usize) {
-        *self.nodes[i]
-            .ejected_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + EJECT_FOR);
+    fn eject(node: &Node) {
+        *node.ejected_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Instant::now() + EJECT_FOR);
     }
 
     /// Decodes one feature vector with `model`, by `deadline`. `authorization` is the session
     /// owner's, so the nodes serve the session's tenant and no other.
     pub async fn infer(
-        &self,
+        self: &Arc<Self>,
         model: &str,
         version: &str,
         features: &[f32],
@@ -150,9 +282,11 @@ impl Pool {
             raw.extend_from_slice(&v.to_le_bytes());
         }
         let raw = Bytes::from(raw);
+        self.maybe_resolve();
+        let nodes = self.nodes();
         let mut tried = Vec::new();
         let mut last = String::from("no inference node was tried");
-        while let Some(i) = self.pick(&tried) {
+        while let Some(i) = self.pick(&nodes, &tried) {
             tried.push(i);
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -174,7 +308,7 @@ impl Pool {
             request
                 .metadata_mut()
                 .insert("authorization", authorization.clone());
-            let node = &self.nodes[i];
+            let node = &nodes[i];
             let mut client = node.client.clone();
             match tokio::time::timeout(left, client.model_infer(request)).await {
                 Ok(Ok(response)) => {
@@ -201,11 +335,11 @@ impl Pool {
                     )));
                 }
                 Ok(Err(status)) => {
-                    self.eject(i);
+                    Self::eject(node);
                     last = format!("{}: {}: {}", node.endpoint, status.code(), status.message());
                 }
                 Err(_) => {
-                    self.eject(i);
+                    Self::eject(node);
                     last = format!("{}: no answer before the deadline", node.endpoint);
                 }
             }
@@ -214,5 +348,44 @@ impl Pool {
             "no inference node answered by the deadline ({} tried; last: {last})",
             tried.len()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_checked() {
+        assert!(Pool::new(&[]).is_err());
+        for bad in ["dns://nohost", "dns://:80", "dns://h:port"] {
+            assert!(Pool::new(&[bad.to_string()]).is_err(), "{bad}");
+        }
+    }
+
+    /// A name resolves to a node per address, and again later: nodes that stay keep their
+    /// state, and fixed endpoints stay as given.
+    #[tokio::test]
+    async fn dns_names_resolve_to_a_node_per_address() {
+        let pool = Arc::new(
+            Pool::new(&[
+                "dns://localhost:7001".to_string(),
+                "http://10.0.0.9:8001".to_string(),
+            ])
+            .unwrap(),
+        );
+        let endpoints = pool.endpoints();
+        assert!(endpoints.contains(&"http://10.0.0.9:8001".to_string()));
+        assert!(
+            endpoints.contains(&"http://127.0.0.1:7001".to_string()),
+            "{endpoints:?}"
+        );
+        let before = pool.nodes();
+        Pool::eject(&before[0]);
+        pool.resolve().await;
+        let after = pool.nodes();
+        assert_eq!(pool.endpoints(), endpoints);
+        assert!(Arc::ptr_eq(&before[0], &after[0]), "a node that stays is kept");
+        assert!(!after[0].healthy(Instant::now()), "with its ejection");
     }
 }
