@@ -325,6 +325,16 @@ async fn a_synthetic_subject_is_decoded_window_by_window_with_feedback() {
         "{metrics}"
     );
     assert!(metrics.contains("gbrain_coordinator_window_duration_seconds_bucket"));
+    // The live stream's log syncs and flushes are metered.
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert!(value("gbrain_ingest_wal_sync_duration_seconds_count") >= 1.0);
+    assert!(value("gbrain_ingest_live_flush_duration_seconds_count") >= 1.0);
+    assert!(value("gbrain_ingest_live_files_written_total") >= 1.0);
     // Another tenant does not see the session.
     let e = loop_client(&sb, OTHER_TENANT_TOKEN)
         .await

@@ -80,7 +80,11 @@ impl std::fmt::Debug for Pool {
         f.debug_struct("Pool")
             .field(
                 "nodes",
-                &self.nodes().iter().map(|n| n.endpoint.clone()).collect::<Vec<_>>(),
+                &self
+                    .nodes()
+                    .iter()
+                    .map(|n| n.endpoint.clone())
+                    .collect::<Vec<_>>(),
             )
             .field("names", &self.names)
             .finish()
@@ -146,7 +150,9 @@ impl Pool {
         for (host, port) in &names {
             match std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), *port)) {
                 Ok(addrs) => all.extend(addrs.map(endpoint_of)),
-                Err(e) => tracing::warn!(host = %host, error = %e, "inference name not resolved yet"),
+                Err(e) => {
+                    tracing::warn!(host = %host, error = %e, "inference name not resolved yet")
+                }
             }
         }
         all.sort();
@@ -385,7 +391,10 @@ mod tests {
         pool.resolve().await;
         let after = pool.nodes();
         assert_eq!(pool.endpoints(), endpoints);
-        assert!(Arc::ptr_eq(&before[0], &after[0]), "a node that stays is kept");
+        assert!(
+            Arc::ptr_eq(&before[0], &after[0]),
+            "a node that stays is kept"
+        );
         assert!(!after[0].healthy(Instant::now()), "with its ejection");
     }
 }

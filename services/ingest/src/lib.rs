@@ -152,11 +152,15 @@ impl Ingest {
         let live = match &config.wal_dir {
             Some(dir) => Some(
                 live::Live::open(
-                    wal::WalConfig::new(dir),
+                    wal::WalConfig {
+                        sync_seconds: Some(deps.metrics.live.wal_sync_seconds.clone()),
+                        ..wal::WalConfig::new(dir)
+                    },
                     live::LiveDeps {
                         catalog: deps.catalog.clone(),
                         store: Arc::clone(&deps.store),
                         clock: Arc::clone(&deps.clock),
+                        metrics: deps.metrics.live.clone(),
                     },
                     config.live_flush,
                 )

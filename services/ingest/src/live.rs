@@ -494,6 +494,7 @@ pub struct LiveDeps {
     pub catalog: Catalog,
     pub store: Arc<dyn ObjectStore>,
     pub clock: Arc<dyn Clock>,
+    pub metrics: crate::metrics::LiveMetrics,
 }
 
 /// When held samples go to Parquet.
@@ -1075,6 +1076,7 @@ impl Live {
     /// log records) for the next pass.
     pub async fn flush(&self) -> FlushReport {
         let _one = self.flushing.lock().await;
+        let started = std::time::Instant::now();
         // Records written before this are either in a stream scanned below or stored.
         let floor = self.max_lsn.load(Ordering::Acquire);
         let mut report = FlushReport::default();
@@ -1119,6 +1121,10 @@ impl Live {
             report.released_lsn = release;
         }
         self.flushed.notify_waiters();
+        let m = &self.deps.metrics;
+        m.flush_seconds.observe(started.elapsed().as_secs_f64());
+        m.held_values
+            .set(self.held_samples.load(Ordering::Acquire) as i64);
         report
     }
 
@@ -1185,6 +1191,7 @@ impl Live {
             });
             let written: Vec<Result<DataFileRow>> =
                 futures::stream::iter(puts).buffered(8).collect().await;
+            self.deps.metrics.files.inc_by(written.len() as u64);
             for f in written {
                 files.push(f?);
             }
@@ -1301,6 +1308,7 @@ impl Live {
                 .put(&path, PutPayload::from(encoded))
                 .await
                 .map_err(gbrain_storage::Error::from)?;
+            self.deps.metrics.files.inc();
             added.push(DataFileRow {
                 path: path.to_string(),
                 kind: FileKind::Signal,
@@ -1475,6 +1483,7 @@ mod tests {
                 catalog: catalog.clone(),
                 store: Arc::clone(&store),
                 clock: Arc::new(gbrain_common::clock::SystemClock),
+                metrics: crate::metrics::LiveMetrics::default(),
             },
             policy,
         )

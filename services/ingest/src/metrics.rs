@@ -24,6 +24,31 @@ pub struct IngestMetrics {
     pub events: Counter,
     pub convert_seconds: Histogram,
     pub gc_objects_deleted: Counter,
+    pub live: LiveMetrics,
+}
+
+/// Live streams: the write-ahead log and the flushes to Parquet.
+#[derive(Clone, Debug)]
+pub struct LiveMetrics {
+    /// Each write-and-sync round of the write-ahead log (acks wait for it).
+    pub wal_sync_seconds: Histogram,
+    /// Each flush pass over every stream.
+    pub flush_seconds: Histogram,
+    /// Parquet files written by flushes and compactions.
+    pub files: Counter,
+    /// Values (samples times channels) acknowledged and not yet in Parquet.
+    pub held_values: Gauge,
+}
+
+impl Default for LiveMetrics {
+    fn default() -> Self {
+        Self {
+            wal_sync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
+            flush_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            files: Counter::default(),
+            held_values: Gauge::default(),
+        }
+    }
 }
 
 impl IngestMetrics {
@@ -38,6 +63,7 @@ impl IngestMetrics {
             events: Counter::default(),
             convert_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
             gc_objects_deleted: Counter::default(),
+            live: LiveMetrics::default(),
         };
         let r = registry.sub_registry_with_prefix("gbrain_ingest");
         r.register(
@@ -76,6 +102,26 @@ impl IngestMetrics {
             "gc_objects_deleted",
             "Objects of interrupted uploads and writes collected",
             m.gc_objects_deleted.clone(),
+        );
+        r.register(
+            "wal_sync_duration_seconds",
+            "Write-ahead log write-and-sync rounds (live acks wait for one)",
+            m.live.wal_sync_seconds.clone(),
+        );
+        r.register(
+            "live_flush_duration_seconds",
+            "Passes flushing live streams' held samples to Parquet",
+            m.live.flush_seconds.clone(),
+        );
+        r.register(
+            "live_files_written",
+            "Parquet files written by live-stream flushes and compactions",
+            m.live.files.clone(),
+        );
+        r.register(
+            "live_held_values",
+            "Live values (samples times channels) acknowledged and not yet in Parquet",
+            m.live.held_values.clone(),
         );
         m
     }

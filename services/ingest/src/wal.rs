@@ -65,6 +65,8 @@ pub struct WalConfig {
     pub segment_bytes: u64,
     /// Bytes appended but not yet written and synced; appends beyond wait.
     pub max_pending_bytes: usize,
+    /// Observes each write-and-sync round, in seconds.
+    pub sync_seconds: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl WalConfig {
@@ -73,6 +75,7 @@ impl WalConfig {
             dir: dir.into(),
             segment_bytes: 64 << 20,
             max_pending_bytes: 64 << 20,
+            sync_seconds: None,
         }
     }
 }
@@ -148,6 +151,7 @@ impl Wal {
         let syncs = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let writer = Writer {
             syncs: Arc::clone(&syncs),
+            sync_seconds: config.sync_seconds.clone(),
             dir: config.dir.clone(),
             segment_bytes: config.segment_bytes,
             segments,
@@ -206,6 +210,7 @@ impl Wal {
 
 struct Writer {
     syncs: Arc<std::sync::atomic::AtomicU64>,
+    sync_seconds: Option<prometheus_client::metrics::histogram::Histogram>,
     dir: PathBuf,
     segment_bytes: u64,
     segments: Vec<Segment>,
@@ -288,8 +293,12 @@ impl Writer {
             .file
             .as_mut()
             .ok_or_else(|| WalError::Failed("no open segment file".into()))?;
+        let started = std::time::Instant::now();
         file.write_all(buf).map_err(|e| io(&path, e))?;
         file.sync_data().map_err(|e| io(&path, e))?;
+        if let Some(h) = &self.sync_seconds {
+            h.observe(started.elapsed().as_secs_f64());
+        }
         self.syncs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.file_bytes += buf.len() as u64;
@@ -487,6 +496,7 @@ mod tests {
             dir: dir.to_path_buf(),
             segment_bytes: 256,
             max_pending_bytes: 1 << 20,
+            sync_seconds: None,
         }
     }
 
