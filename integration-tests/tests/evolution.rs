@@ -144,6 +144,22 @@ async fn refits_go_through_shadow_and_canary_to_promotion_with_their_lineage() {
         "{last:?}"
     );
 
+    // The repository serves the current version (and the last refit) and keeps the rest.
+    let mut models = gbrain_cli::models::connect(&admin).await.unwrap();
+    let listed = models
+        .list_models(gbrain_proto::models::v1::ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let ready: Vec<u64> = listed
+        .versions
+        .iter()
+        .filter(|v| v.state == "READY")
+        .map(|v| v.version)
+        .collect();
+    assert!(ready.contains(&evolution.current_version), "{listed:?}");
+    assert!(ready.len() <= 2, "{listed:?}");
+
     // Decisions are a table; shadow predictions are stored beside the live ones; the fit's
     // data snapshot answers as it was.
     let r = sb

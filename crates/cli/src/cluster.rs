@@ -75,7 +75,7 @@ pub async fn serve_cluster(
     })
     .await?;
     if let Some(coordinator) = &services.coordinator {
-        coordinator.stop_all();
+        coordinator.drain(gbrain_coordinator::DRAIN_ROWS).await;
     }
     let _ = gc.await;
     if let Some(f) = flusher {

@@ -51,6 +51,7 @@ pub async fn push_file(
             version,
             config_json: config_json.unwrap_or_default(),
             size_bytes: bytes.len() as u64,
+            serve_versions: Vec::new(),
         })),
     }];
     let mut at = 0;

@@ -523,8 +523,18 @@ impl Evolution {
             tenant = %self.tenant, model = %d.model, version = d.version, action = %d.action,
             evidence = %d.evidence_json, "model decision"
         );
-        if let Err(e) = self.records.decide(&self.tenant, &d).await {
-            tracing::warn!(model = %d.model, error = %e, "model decision not stored");
+        // A few tries: the catalog may be briefly away.
+        for attempt in 1..=3 {
+            match self.records.decide(&self.tenant, &d).await {
+                Ok(()) => break,
+                Err(e) if attempt == 3 => {
+                    tracing::error!(model = %d.model, error = %e, "model decision not stored");
+                }
+                Err(e) => {
+                    tracing::warn!(model = %d.model, error = %e, "model decision not stored yet");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
         }
         self.decisions
             .lock()
@@ -544,10 +554,19 @@ impl Evolution {
         if due {
             let me = Arc::clone(self);
             tokio::spawn(async move {
-                let version = match me.refit().await {
-                    Ok(v) => Some(v),
-                    Err(e) => {
+                // Run apart, so that even a panic ends the refit and a later one can start.
+                let fit = tokio::spawn({
+                    let me = Arc::clone(&me);
+                    async move { me.refit().await }
+                });
+                let version = match fit.await {
+                    Ok(Ok(v)) => Some(v),
+                    Ok(Err(e)) => {
                         tracing::warn!(model = %me.model, error = %e, "refit failed");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::error!(model = %me.model, error = %e, "refit panicked");
                         None
                     }
                 };
@@ -616,13 +635,14 @@ impl Evolution {
                 .max()
                 .unwrap_or(0)
                 + 1;
-            let config = json!({ "version_policy": { "specific": [parent, version] } });
+            // The model's settings stay; it serves the parent and the candidate.
             let mut messages = vec![PushModelRequest {
                 part: Some(Part::Header(PushModelHeader {
                     name: self.model.clone(),
                     version,
-                    config_json: config.to_string(),
+                    config_json: String::new(),
                     size_bytes: onnx.len() as u64,
+                    serve_versions: vec![parent, version],
                 })),
             }];
             messages.push(PushModelRequest {

@@ -182,7 +182,12 @@ impl SampleSource for RemoteStreams {
         let endpoint = self.endpoint.clone();
         tokio::spawn(async move {
             loop {
-                let next = match stream.message().await {
+                // Ends when the session drops its feed, even on a quiet stream.
+                let message = tokio::select! {
+                    m = stream.message() => m,
+                    () = tx.closed() => break,
+                };
+                let next = match message {
                     Ok(Some(TailResponse { kind: Some(k) })) => k,
                     Ok(_) => break,
                     Err(s) => {

@@ -45,6 +45,9 @@ pub use metrics::CoordinatorMetrics;
 /// The gRPC service name, for health and reflection.
 pub const SERVICE_NAME: &str = "globalbrain.coordinator.v1.LoopService";
 
+/// How long shutdown waits for sessions' last rows.
+pub const DRAIN_ROWS: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The most sessions one coordinator runs.
 pub const MAX_SESSIONS: usize = 4096;
 
@@ -232,6 +235,18 @@ impl Coordinator {
             s.stop.cancel();
         }
     }
+
+    /// Stops every session and waits, at most `within`, for their last rows to be stored.
+    pub async fn drain(&self, within: std::time::Duration) {
+        let sessions: Vec<Arc<session::Session>> = self.sessions().values().cloned().collect();
+        for s in &sessions {
+            s.stop.cancel();
+        }
+        let all = futures::future::join_all(sessions.iter().map(|s| s.written.cancelled()));
+        if tokio::time::timeout(within, all).await.is_err() {
+            tracing::warn!("loop sessions' last rows not all stored before shutdown");
+        }
+    }
 }
 
 /// What a coordinator of its own needs.
@@ -313,6 +328,7 @@ pub async fn run(
     .await
     .map_err(|e| e.to_string());
     stopping.abort();
+    coordinator.drain(DRAIN_ROWS).await;
     catalog.close().await;
     served
 }

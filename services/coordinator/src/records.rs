@@ -223,8 +223,8 @@ impl Records {
         };
         match attached {
             Ok(true) => Ok(()),
-            other => {
-                // Forget the write once its object is gone; otherwise gc collects both.
+            // Definitely not committed: the object goes, then the pending write.
+            Ok(false) | Err(Error::Records(_)) => {
                 match self.store.delete(&path).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {
                         let _ = self.catalog.end_write(&write.write_id).await;
@@ -233,11 +233,14 @@ impl Records {
                         tracing::warn!(write_id = %write.write_id, error = %e, "loop rows file not deleted; gc will");
                     }
                 }
-                match other {
+                match attached {
                     Ok(_) => Err(Error::Records(format!("recording {recording_id} is gone"))),
                     Err(e) => Err(e),
                 }
             }
+            // The commit may have happened (a connection lost during it): the object stays,
+            // and garbage collection removes it with its pending write if it did not.
+            Err(e) => Err(e),
         }
     }
 

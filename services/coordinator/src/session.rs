@@ -40,6 +40,8 @@ pub const FEEDBACK_BUFFER: usize = 4096;
 pub const MAX_HELD_ROWS: usize = 16 * records::FLUSH_ROWS;
 /// Tries to store a session's last rows after it ends.
 pub const WRITE_TRIES_AFTER_END: u32 = 30;
+/// How long `ReportOutcome` waits for its row to be stored before it says it is only held.
+pub const OUTCOME_STORE_WAIT: Duration = Duration::from_secs(20);
 
 /// How a session adapts its decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -251,6 +253,10 @@ pub struct Session {
     pub stop: CancellationToken,
     /// The session has stopped: its last windows are decided and sent.
     pub done: CancellationToken,
+    /// The writer gave up with rows unstored (the store stayed down after the end).
+    writer_gone: CancellationToken,
+    /// The writer has ended: every row is stored, or given up on.
+    pub written: CancellationToken,
 }
 
 impl std::fmt::Debug for Session {
@@ -319,6 +325,8 @@ impl Session {
             feedback: broadcast::channel(FEEDBACK_BUFFER).0,
             stop: CancellationToken::new(),
             done: CancellationToken::new(),
+            writer_gone: CancellationToken::new(),
+            written: CancellationToken::new(),
         }
     }
 
@@ -379,7 +387,7 @@ impl Session {
     /// in supervised mode moves each version's class means, and stores the outcome; returns
     /// once the outcome is stored. An evolving model's versions are then judged on them.
     pub async fn report(&self, first: u64, last: u64, label: u8) -> Result<(u64, u64)> {
-        let (n, correct, labelled) = {
+        let (n, correct, generation, labelled) = {
             let mut st = self.state();
             let start = st.recent.partition_point(|r| r.window < first);
             let mut hits = Vec::new();
@@ -416,6 +424,26 @@ impl Session {
                 .collect();
             let n = hits.len() as u64;
             let correct = hits.iter().filter(|c| **c).count() as u64;
+            // Taken (and counted) only while the writer takes rows.
+            let generation = {
+                let mut held = self.held();
+                if held.closed {
+                    return Err(Error::precondition(
+                        "session_id",
+                        "the session has ended; outcomes are taken while it runs",
+                    ));
+                }
+                held.rows.outcomes.push(OutcomeRow {
+                    first_window: first,
+                    last_window: last,
+                    label,
+                    windows: n,
+                    correct,
+                    samples: span,
+                    reported_ns: self.records.now_ns(),
+                });
+                held.generation
+            };
             st.stats.outcomes += n;
             st.stats.correct += correct;
             if self.spec.mode == Mode::Supervised {
@@ -424,32 +452,30 @@ impl Session {
                     st.adapter(version, rate).learn(raw, label);
                 }
             }
-            let mut held = self.held();
-            if held.closed {
-                return Err(Error::precondition(
-                    "session_id",
-                    "the session has ended; outcomes are taken while it runs",
-                ));
-            }
-            held.rows.outcomes.push(OutcomeRow {
-                first_window: first,
-                last_window: last,
-                label,
-                windows: n,
-                correct,
-                samples: span,
-                reported_ns: self.records.now_ns(),
-            });
-            (n, correct, (held.generation, labelled))
+            (n, correct, generation, labelled)
         };
         self.metrics.outcomes.inc_by(n);
-        let (generation, labelled) = labelled;
         self.wake.notify_one();
         let mut stored = self.stored.subscribe();
-        stored
-            .wait_for(|g| *g >= generation)
-            .await
-            .map_err(|_| Error::Records("the session's writer ended".into()))?;
+        tokio::select! {
+            r = stored.wait_for(|g| *g >= generation) => {
+                r.map_err(|_| Error::Records("the session's writer ended".into()))?;
+            }
+            () = self.writer_gone.cancelled() => {
+                return Err(Error::Records(
+                    "the outcome was counted but not stored: the store stayed down after the \
+                     session ended"
+                        .into(),
+                ));
+            }
+            () = tokio::time::sleep(OUTCOME_STORE_WAIT) => {
+                return Err(Error::Records(
+                    "the outcome is counted and held but not stored yet: the store does not \
+                     answer; it is stored once it does (do not report it again)"
+                        .into(),
+                ));
+            }
+        }
         if let Some(e) = &self.evolution
             && !labelled.is_empty()
         {
@@ -462,6 +488,11 @@ impl Session {
     /// stored are kept and tried again; after the end, for at most [`WRITE_TRIES_AFTER_END`]
     /// more tries.
     pub async fn write_rows(self: Arc<Self>) {
+        self.write_until_done().await;
+        self.written.cancel();
+    }
+
+    async fn write_until_done(&self) {
         let mut tick = tokio::time::interval(records::FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut ending, mut tries_after_end) = (false, 0);
@@ -475,7 +506,7 @@ impl Session {
                     () = self.done.cancelled() => true,
                 };
             }
-            let (rows, generation) = {
+            let (mut rows, generation) = {
                 let mut held = self.held();
                 held.closed |= ending;
                 let g = held.generation;
@@ -483,7 +514,7 @@ impl Session {
                 (std::mem::take(&mut held.rows), g)
             };
             if !rows.is_empty()
-                && let Err(e) = self.write(&rows, self.rate).await
+                && let Err(e) = self.write(&mut rows, self.rate).await
             {
                 tracing::warn!(session = %self.id, error = %e, "loop rows not stored yet; retrying");
                 let mut held = self.held();
@@ -505,6 +536,7 @@ impl Session {
                             outcomes = held.rows.outcomes.len(),
                             "loop rows not stored: the session ended and the store stayed down"
                         );
+                        self.writer_gone.cancel();
                         return;
                     }
                 }
@@ -517,7 +549,9 @@ impl Session {
         }
     }
 
-    async fn write(&self, rows: &records::Pending, rate: f64) -> Result<()> {
+    /// Stores `rows`, a table at a time; what is stored leaves `rows`, so a retry writes
+    /// only the rest.
+    async fn write(&self, rows: &mut records::Pending, rate: f64) -> Result<()> {
         if !rows.predictions.is_empty() {
             let batch =
                 records::predictions_batch(&self.id, &self.spec.model, rate, &rows.predictions)?;
@@ -529,12 +563,14 @@ impl Session {
                     batch,
                 )
                 .await?;
+            rows.predictions.clear();
         }
         if !rows.outcomes.is_empty() {
             let batch = records::outcomes_batch(&self.id, rate, &rows.outcomes)?;
             self.records
                 .append(&self.tenant, &self.recording_id, FileKind::Outcomes, batch)
                 .await?;
+            rows.outcomes.clear();
         }
         Ok(())
     }
@@ -605,8 +641,9 @@ impl Session {
                 st.stats.windows += 1;
                 drop(st);
                 self.metrics.windows.inc();
+                // The adapter's key: the version asked for (0 for the newest).
                 decided.push(Decided {
-                    version: inferred.model_version.parse().unwrap_or(live),
+                    version: live,
                     raw,
                     class,
                 });
@@ -640,6 +677,7 @@ impl Session {
                 pb::feedback_message::Result::Error(e.to_string())
             }
         };
+        let live_failed = live_row.error.is_some();
         let mut rows = Vec::with_capacity(2);
         if let Some((version, r)) = shadow {
             let mut shadow_row = row(true);
@@ -675,7 +713,16 @@ impl Session {
             }
             rows.push(shadow_row);
         }
-        if !decided.is_empty() && live_row.error.is_none() {
+        let sent_ns = clock.now_ns();
+        self.metrics
+            .window_seconds
+            .observe((sent_ns - p.received_ns).max(0) as f64 / 1e9);
+        // Held before an outcome can name the window (it is in `recent` below), so an outcome
+        // is stored with, or after, the predictions it names.
+        live_row.sent_ns = Some(sent_ns);
+        rows.insert(0, live_row);
+        self.hold(rows);
+        if !decided.is_empty() && !live_failed {
             let mut st = self.state();
             st.recent.push_back(Recent {
                 window: p.window,
@@ -688,14 +735,6 @@ impl Session {
                 st.recent.pop_front();
             }
         }
-        let sent_ns = clock.now_ns();
-        self.metrics
-            .window_seconds
-            .observe((sent_ns - p.received_ns).max(0) as f64 / 1e9);
-        // Held before it is sent, so an outcome reported for it is stored after it.
-        live_row.sent_ns = Some(sent_ns);
-        rows.insert(0, live_row);
-        self.hold(rows);
         let _ = self.feedback.send(pb::FeedbackMessage {
             session_id: self.id.clone(),
             window: p.window,

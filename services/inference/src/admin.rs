@@ -81,6 +81,18 @@ impl ModelRepositoryService for Admin {
                     .map_err(|e| Status::invalid_argument(format!("config_json: {e}")))?,
             )
         };
+        let repo = self.models.repository();
+        let config = if header.serve_versions.is_empty() {
+            config
+        } else {
+            let mut c = match config {
+                Some(c) => c,
+                None => repo.config(&tenant, &header.name).await?,
+            };
+            c.version_policy =
+                crate::config::VersionPolicy::Specific(header.serve_versions.clone());
+            Some(c)
+        };
         let mut file = BytesMut::new();
         while let Some(m) = stream.message().await? {
             match m.part {
@@ -104,7 +116,6 @@ impl ModelRepositoryService for Admin {
             )));
         }
         let file = file.freeze();
-        let repo = self.models.repository();
         let effective = match &config {
             Some(c) => c.clone(),
             None => repo.config(&tenant, &header.name).await?,
