@@ -63,7 +63,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "end to end = a window's last chunk sent to its feedback received (client); coordinator = \
-         acknowledged by ingest to feedback sent\n"
+         received by ingest to feedback sent\n"
     );
     let (model, _) = load.block_on(loop_sim::push_calibrated(&client, 7))?;
     println!(

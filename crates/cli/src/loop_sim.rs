@@ -322,7 +322,7 @@ impl Report {
         }
         for (name, v) in [
             ("window to feedback, end to end", &e2e),
-            ("in the coordinator (ack to sent)", &coord),
+            ("in the coordinator (received to sent)", &coord),
             ("ingest ack", &ack),
         ] {
             out.push_str(&format!(

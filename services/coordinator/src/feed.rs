@@ -1,4 +1,4 @@
-//! Where a session's samples come from: a live stream's acknowledged chunks, from the ingest
+//! Where a session's samples come from: a live stream's chunks as received, from the ingest
 //! node that takes the stream. The embedded cluster subscribes in-process ([`LocalStreams`]);
 //! a coordinator of its own follows the stream over the ingest service's `Tail` RPC
 //! ([`RemoteStreams`]). Both give a [`Feed`], so a session runs the same code either way.

@@ -42,7 +42,7 @@ impl CoordinatorMetrics {
         );
         r.register(
             "window_duration_seconds",
-            "From a window's last sample acknowledged by ingest to its feedback sent",
+            "From a window's last sample received by ingest to its feedback sent",
             m.window_seconds.clone(),
         );
         m

@@ -1,7 +1,7 @@
 //! A loop session: a live stream's samples, cut into windows, preprocessed, decoded on the
 //! inference nodes, adapted, and sent back as feedback.
 //!
-//! Samples arrive as the ingest node acknowledges them. Each is converted to physical units,
+//! Samples arrive as the ingest node receives them (before its log's sync). Each is converted to physical units,
 //! re-referenced and band-passed over the stream; the chosen channels go into a ring of one
 //! window. Every hop a window's features go to the inference nodes; up to
 //! [`MAX_IN_FLIGHT`] windows are decoded at once, and their results are taken in window order,

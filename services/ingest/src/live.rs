@@ -358,6 +358,9 @@ struct State {
     held_from: u64,
     /// (log record, end sample) of each chunk held, oldest first: what the log must keep.
     chunks: VecDeque<(u64, u64)>,
+    /// The last chunk sent to subscribers: chunks go to them when received, before the log
+    /// holds them, and once each (a chunk sent again after a failed write is not repeated).
+    published_seq: u64,
 }
 
 /// Files merged into one by a compaction.
@@ -453,7 +456,7 @@ pub struct LiveChunk {
     pub samples: usize,
     /// Stored steps, sample-major; times each channel's resolution they are physical values.
     pub values: Vec<i32>,
-    /// When the chunk was acknowledged (Unix ns).
+    /// When the chunk was received (Unix ns); subscribers get it then, before its log sync.
     pub received_ns: i64,
     /// When its first sample was taken at the source, if the client said.
     pub source_time_ns: Option<i64>,
@@ -989,25 +992,32 @@ impl Live {
             kind: Some(record::Kind::Chunk(chunk.clone())),
         }
         .encode_to_vec();
+        // Subscribers (loop sessions) get the chunk now, not after the log's sync: their
+        // feedback need not wait for durability, and a disk that stalls a sync does not stall
+        // the loop. A chunk whose write then fails comes again from the client with the same
+        // sequence number, and is not sent twice.
+        let first_sample = state.position.samples;
+        if seq > state.published_seq {
+            state.published_seq = seq;
+            if stream.tail.receiver_count() > 0 {
+                let _ = stream.tail.send(Arc::new(LiveChunk {
+                    seq,
+                    first_sample,
+                    samples: n,
+                    values: values.clone(),
+                    received_ns: self.deps.clock.now_ns(),
+                    source_time_ns,
+                }));
+            }
+        }
         let lsn = self
             .wal
             .append(Bytes::from(payload))
             .await
             .map_err(wal_error)?;
         self.max_lsn.fetch_max(lsn, Ordering::AcqRel);
-        let first_sample = state.position.samples;
         state.push(&values, n, seq, lsn);
         self.held_samples.fetch_add(adding, Ordering::AcqRel);
-        if stream.tail.receiver_count() > 0 {
-            let _ = stream.tail.send(Arc::new(LiveChunk {
-                seq,
-                first_sample,
-                samples: n,
-                values,
-                received_ns: self.deps.clock.now_ns(),
-                source_time_ns,
-            }));
-        }
         let held_values = (state.position.samples - state.held_from) * state.held.len() as u64;
         if held_values >= self.policy.stream_values {
             self.flush_soon.notify_one();
@@ -1373,6 +1383,7 @@ impl State {
             held: vec![Vec::new(); width],
             held_from: 0,
             chunks: VecDeque::new(),
+            published_seq: 0,
         }
     }
 
@@ -1604,6 +1615,30 @@ mod tests {
         assert!(held.iter().all(|c| c.len() == 75));
         // Channel 1 (Cz) of sample 0 of chunk 1: value index 1 = (1000 + 1) * 0.5 uV, in nV.
         assert_eq!(held[1][0], 500_500);
+    }
+
+    /// Subscribers get every chunk once, in order and contiguous, a chunk sent again included.
+    #[tokio::test]
+    async fn subscribers_get_each_chunk_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = open(dir.path()).await;
+        let (s, _) = live
+            .open_stream("t", "s1", Some(layout()), recording("t"))
+            .await
+            .unwrap();
+        let mut sub = live.subscribe("t", "s1").unwrap();
+        assert!(
+            live.subscribe("u", "s1").is_err(),
+            "another tenant's stream is not there"
+        );
+        for seq in [1, 2, 2, 1, 3] {
+            live.append(&s, seq, chunk(seq, 25)).await.unwrap();
+        }
+        let mut got = Vec::new();
+        while let Ok(c) = sub.chunks.try_recv() {
+            got.push((c.seq, c.first_sample, c.samples));
+        }
+        assert_eq!(got, vec![(1, 0, 25), (2, 25, 25), (3, 50, 25)]);
     }
 
     #[tokio::test]
