@@ -344,34 +344,29 @@ pub fn demo(root: &Path) -> anyhow::Result<()> {
          the mu and beta power of C3 and C4) on a calibration session, pushes it as ONNX, and\n   \
          streams each subject live; a loop session decodes every 1 s window every 100 ms."
     );
+    // Ten minutes of two drifting subjects, sent as fast as acked.
+    let ten_minutes = |extra: &[&str]| -> anyhow::Result<String> {
+        let mut args = vec![
+            "loop",
+            "simulate",
+            "--sessions",
+            "2",
+            "--seconds",
+            "600",
+            "--drift",
+            "0.1",
+        ];
+        args.extend_from_slice(extra);
+        args.push("--fast");
+        println!("   $ gbrain {}", args.join(" "));
+        gbrain(&bin, &cluster, &args)
+    };
     for (mode, what) in [
         ("off", "the decoder as fitted (no adaptation)"),
         ("unsupervised", "with the adaptive decision layer"),
     ] {
         println!("   {what}, ten minutes of two subjects, sent as fast as acked:");
-        println!(
-            "   $ gbrain loop simulate --sessions 2 --seconds 600 --drift 0.1 --adaptation {mode} --fast"
-        );
-        print!(
-            "{}",
-            indent(&gbrain(
-                &bin,
-                &cluster,
-                &[
-                    "loop",
-                    "simulate",
-                    "--sessions",
-                    "2",
-                    "--seconds",
-                    "600",
-                    "--drift",
-                    "0.1",
-                    "--adaptation",
-                    mode,
-                    "--fast",
-                ],
-            )?)
-        );
+        print!("{}", indent(&ten_minutes(&["--adaptation", mode])?));
     }
     println!("   live at the subjects' own pace (a chunk every 100 ms), four sessions:");
     println!("   $ gbrain loop simulate --sessions 4 --seconds 30");
@@ -388,29 +383,9 @@ pub fn demo(root: &Path) -> anyhow::Result<()> {
          new version with its lineage, decodes in shadow, then for one of the two subjects\n   \
          (canary), and is promoted if it beats the current version on the same trials:"
     );
-    println!(
-        "   $ gbrain loop simulate --sessions 2 --seconds 600 --drift 0.1 --adaptation off --evolve --fast"
-    );
     print!(
         "{}",
-        indent(&gbrain(
-            &bin,
-            &cluster,
-            &[
-                "loop",
-                "simulate",
-                "--sessions",
-                "2",
-                "--seconds",
-                "600",
-                "--drift",
-                "0.1",
-                "--adaptation",
-                "off",
-                "--evolve",
-                "--fast",
-            ],
-        )?)
+        indent(&ten_minutes(&["--adaptation", "off", "--evolve"])?)
     );
     println!("   the decoder's versions:");
     print!("{}", indent(&gbrain(&bin, &cluster, &["models", "ls"])?));

@@ -372,14 +372,7 @@ impl Catalog {
             .execute(&mut *tx)
             .await?;
         }
-        let cleared = sqlx::query("DELETE FROM pending_writes WHERE write_id = $1")
-            .bind(&rec.write_id)
-            .execute(&mut *tx)
-            .await?;
-        if cleared.rows_affected() != 1 {
-            tx.rollback().await?;
-            return Err(Error::WriteCollected(rec.write_id.clone()));
-        }
+        clear_write(&mut tx, &rec.write_id).await?;
         tx.commit().await?;
         Ok(CommitOutcome::Committed)
     }
@@ -520,14 +513,7 @@ impl Catalog {
         }
         let seq = next_seq(&mut tx).await?;
         insert_file(&mut tx, tenant, recording_id, file, seq).await?;
-        let cleared = sqlx::query("DELETE FROM pending_writes WHERE write_id = $1")
-            .bind(write_id)
-            .execute(&mut *tx)
-            .await?;
-        if cleared.rows_affected() != 1 {
-            tx.rollback().await?;
-            return Err(Error::WriteCollected(write_id.to_string()));
-        }
+        clear_write(&mut tx, write_id).await?;
         let total: i64 = sqlx::query(
             "SELECT num_events FROM recordings WHERE tenant = $1 AND recording_id = $2",
         )
@@ -567,14 +553,7 @@ impl Catalog {
         }
         let seq = next_seq(&mut tx).await?;
         insert_file(&mut tx, tenant, recording_id, file, seq).await?;
-        let cleared = sqlx::query("DELETE FROM pending_writes WHERE write_id = $1")
-            .bind(write_id)
-            .execute(&mut *tx)
-            .await?;
-        if cleared.rows_affected() != 1 {
-            tx.rollback().await?;
-            return Err(Error::WriteCollected(write_id.to_string()));
-        }
+        clear_write(&mut tx, write_id).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -953,14 +932,7 @@ impl Catalog {
             }
         }
         if let Some(write_id) = &flush.write_id {
-            let cleared = sqlx::query("DELETE FROM pending_writes WHERE write_id = $1")
-                .bind(write_id)
-                .execute(&mut *tx)
-                .await?;
-            if cleared.rows_affected() != 1 {
-                tx.rollback().await?;
-                return Err(Error::WriteCollected(write_id.clone()));
-            }
+            clear_write(&mut tx, write_id).await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -980,14 +952,7 @@ impl Catalog {
         now_ns: i64,
     ) -> Result<i64> {
         let mut tx = self.pool.begin().await?;
-        let cleared = sqlx::query("DELETE FROM pending_writes WHERE write_id = $1")
-            .bind(write_id)
-            .execute(&mut *tx)
-            .await?;
-        if cleared.rows_affected() != 1 {
-            tx.rollback().await?;
-            return Err(Error::WriteCollected(write_id.to_string()));
-        }
+        clear_write(&mut tx, write_id).await?;
         let seq = next_seq(&mut tx).await?;
         for f in removed {
             let path = &f.path;
@@ -1163,6 +1128,20 @@ async fn insert_recording(
         .bind(s.onset_s)
         .execute(&mut **tx)
         .await?;
+    }
+    Ok(())
+}
+
+/// Clears a pending write in a commit's transaction: the commit's objects are now the
+/// catalog's. Fails (and the transaction rolls back when dropped) if garbage collection took
+/// the write meanwhile.
+async fn clear_write(tx: &mut sqlx::Transaction<'_, sqlx::Any>, write_id: &str) -> Result<()> {
+    let cleared = sqlx::query("DELETE FROM pending_writes WHERE write_id = $1")
+        .bind(write_id)
+        .execute(&mut **tx)
+        .await?;
+    if cleared.rows_affected() != 1 {
+        return Err(Error::WriteCollected(write_id.to_string()));
     }
     Ok(())
 }

@@ -393,10 +393,13 @@ impl Session {
             let mut hits = Vec::new();
             let mut labelled = Vec::new();
             let mut span: Option<(u64, u64)> = None;
+            // Each version's score on each window, for the supervised layers.
+            let mut scores: Vec<(u64, f64)> = Vec::new();
             for r in st.recent.iter().skip(start) {
                 if r.window > last {
                     break;
                 }
+                scores.extend(r.decided.iter().map(|d| (d.version, d.raw)));
                 let Some(live) = r.decided.first() else {
                     continue;
                 };
@@ -415,13 +418,6 @@ impl Session {
                     });
                 }
             }
-            let scores: Vec<(u64, f64)> = st
-                .recent
-                .iter()
-                .skip(start)
-                .take_while(|r| r.window <= last)
-                .flat_map(|r| r.decided.iter().map(|d| (d.version, d.raw)))
-                .collect();
             let n = hits.len() as u64;
             let correct = hits.iter().filter(|c| **c).count() as u64;
             // Taken (and counted) only while the writer takes rows.
