@@ -3,7 +3,7 @@
 //! lineage, decodes in shadow, then for one of the two sessions (canary), and is promoted
 //! when it beats its parent on the same trials. Every decision is stored and queryable.
 
-use arrow::array::{Array, AsArray};
+use arrow::array::AsArray;
 use arrow::datatypes::{DataType, Int64Type};
 use gbrain_cli::client::Bearer;
 use gbrain_cli::loop_sim::{self, Options};
@@ -204,6 +204,16 @@ async fn refits_go_through_shadow_and_canary_to_promotion_with_their_lineage() {
         roles.contains(&"shadow") && roles.contains(&"live"),
         "{roles:?}"
     );
+    // Shadow rows are the candidates': the promoted version decoded in shadow first.
+    let versions = arrow::compute::cast(r.column(1), &DataType::Utf8).unwrap();
+    let promoted_version = promoted.version.to_string();
+    assert!(
+        (0..r.num_rows()).any(|i| roles[i] == "shadow"
+            && versions.as_string::<i32>().value(i) == promoted_version
+            && int(&r, 2, i) > 0),
+        "no shadow predictions of v{}",
+        promoted.version
+    );
     let at_fit = sb
         .sql_at(
             ANALYST_TOKEN,
@@ -222,6 +232,5 @@ async fn refits_go_through_shadow_and_canary_to_promotion_with_their_lineage() {
         .await
         .unwrap();
     assert_eq!(int(&none, 0, 0), 0, "another tenant sees no decisions");
-    assert!(r.column(2).null_count() == 0);
     sb.stop().await;
 }
