@@ -7,6 +7,7 @@
 //! - [`server`]: serving gRPC with health, reflection, metrics and graceful shutdown.
 //! - [`metrics`]: request metrics for the Prometheus endpoint.
 //! - [`clock`]: time as an injected dependency.
+//! - [`executor`]: dedicated runtimes for CPU-heavy work, background ones at a lower priority.
 //!
 //! No DataFusion and no ONNX Runtime here: this crate stays light so that every binary can
 //! depend on it.
@@ -15,6 +16,7 @@ pub mod auth;
 pub mod clap_blocks;
 pub mod clock;
 mod error;
+pub mod executor;
 pub mod metrics;
 pub mod server;
 pub mod telemetry;

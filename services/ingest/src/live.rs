@@ -11,8 +11,11 @@
 //! Values are stored as 32-bit integers of each channel's resolution (default 1 nV for µV
 //! channels), as an amplifier's ADC delivers them and as BDF stores them.
 //!
-//! Not here yet: flushing the held samples to Parquet and releasing the log, and the gRPC
-//! stream over this (see docs/ARCHITECTURE.md, "Live streams").
+//! A flusher writes the held samples to Parquet by time and by size, commits them to the
+//! catalog and releases the log behind them; small flushed files are compacted. Encoding,
+//! writing and merging files run on a background executor at the lowest CPU priority, so that
+//! on a busy machine they wait for the chunks and the closed loop rather than delay them. The gRPC stream over
+//! this is in `grpc` (see docs/ARCHITECTURE.md, "Live streams").
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -25,6 +28,7 @@ use gbrain_catalog::{
     Catalog, DataFileRow, FileKind, LiveFlush, LiveOpen, LiveStreamRow, NewRecording, PendingWrite,
 };
 use gbrain_common::clock::Clock;
+use gbrain_common::executor::Executor;
 use gbrain_storage::layout;
 use gbrain_storage::signal::{SampleWidth, SignalFileWriter};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -560,6 +564,9 @@ pub struct Live {
     flushed: tokio::sync::Notify,
     /// Samples held by every stream, against `policy.max_held`.
     held_samples: AtomicU64,
+    /// Encodes, writes and merges flushed files at a lower CPU priority than the streams and
+    /// the closed loop they feed.
+    background: Executor,
     /// The highest log record written for a chunk.
     max_lsn: AtomicU64,
 }
@@ -721,6 +728,8 @@ impl Live {
             flushed: tokio::sync::Notify::new(),
             held_samples: AtomicU64::new(held),
             max_lsn: AtomicU64::new(max_lsn),
+            background: Executor::background("live-flush", 1)
+                .map_err(|e| Error::Internal(format!("live flush executor: {e}")))?,
         })
     }
 
@@ -1169,39 +1178,50 @@ impl Live {
             };
             self.deps.catalog.begin_write(&write).await?;
             write_id = Some(write.write_id.clone());
-            let encoded = tokio::task::spawn_blocking(move || {
-                data.iter()
-                    .map(|values| {
-                        let mut w = SignalFileWriter::new(SampleWidth::Int32, from, Vec::new())?;
-                        w.push(values)?;
-                        w.finish()
+            // Encoding and writing (file creation dominates the CPU on a local disk) run
+            // on the background executor.
+            let (store, metrics) = (Arc::clone(&self.deps.store), self.deps.metrics.clone());
+            let written = self
+                .background
+                .spawn(async move {
+                    let encoded = tokio::task::spawn_blocking(move || {
+                        data.iter()
+                            .map(|values| {
+                                let mut w =
+                                    SignalFileWriter::new(SampleWidth::Int32, from, Vec::new())?;
+                                w.push(values)?;
+                                w.finish()
+                            })
+                            .collect::<std::result::Result<Vec<_>, gbrain_storage::Error>>()
                     })
-                    .collect::<std::result::Result<Vec<_>, gbrain_storage::Error>>()
-            })
-            .await
-            .map_err(|e| Error::Internal(format!("live flush: {e}")))??;
-            let puts = encoded.into_iter().enumerate().map(|(c, bytes)| {
-                let path = layout::live_flush_part(&dir, c as u32);
-                let store = Arc::clone(&self.deps.store);
-                async move {
-                    let size = bytes.len() as i64;
-                    store
-                        .put(&path, PutPayload::from(bytes))
-                        .await
-                        .map_err(gbrain_storage::Error::from)?;
-                    Ok::<_, Error>(DataFileRow {
-                        path: path.to_string(),
-                        kind: FileKind::Signal,
-                        channel_index: Some(c as i64),
-                        first_row: from as i64,
-                        num_rows: n as i64,
-                        size_bytes: size,
-                    })
-                }
-            });
-            let written: Vec<Result<DataFileRow>> =
-                futures::stream::iter(puts).buffered(8).collect().await;
-            self.deps.metrics.files.inc_by(written.len() as u64);
+                    .await
+                    .map_err(|e| Error::Internal(format!("live flush: {e}")))??;
+                    let puts = encoded.into_iter().enumerate().map(|(c, bytes)| {
+                        let path = layout::live_flush_part(&dir, c as u32);
+                        let store = Arc::clone(&store);
+                        async move {
+                            let size = bytes.len() as i64;
+                            store
+                                .put(&path, PutPayload::from(bytes))
+                                .await
+                                .map_err(gbrain_storage::Error::from)?;
+                            Ok::<_, Error>(DataFileRow {
+                                path: path.to_string(),
+                                kind: FileKind::Signal,
+                                channel_index: Some(c as i64),
+                                first_row: from as i64,
+                                num_rows: n as i64,
+                                size_bytes: size,
+                            })
+                        }
+                    });
+                    let written: Vec<Result<DataFileRow>> =
+                        futures::stream::iter(puts).buffered(8).collect().await;
+                    metrics.files.inc_by(written.len() as u64);
+                    Ok::<_, Error>(written)
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("live flush: {e}")))??;
             for f in written {
                 files.push(f?);
             }
@@ -1276,58 +1296,70 @@ impl Live {
             created_ns: self.deps.clock.now_ns(),
         };
         self.deps.catalog.begin_write(&write).await?;
-        let mut added = Vec::with_capacity(stream.layout.channels.len());
-        for c in 0..stream.layout.channels.len() {
-            let mut inputs = Vec::with_capacity(parts.len());
-            for p in &parts {
-                let f = p.files.get(c).ok_or_else(|| {
-                    Error::Internal(format!("part at sample {} has no channel {c}", p.first))
-                })?;
-                let bytes = self
-                    .deps
-                    .store
-                    .get(&f.path.as_str().into())
-                    .await
-                    .map_err(gbrain_storage::Error::from)?
-                    .bytes()
-                    .await
-                    .map_err(gbrain_storage::Error::from)?;
-                inputs.push((f.path.clone(), bytes));
-            }
-            let encoded = tokio::task::spawn_blocking(move || {
-                let mut w = SignalFileWriter::new(SampleWidth::Int32, first, Vec::new())?;
-                let mut next = first;
-                for (path, bytes) in inputs {
-                    let (start, values) = gbrain_storage::signal::read_signal_file(bytes, &path)?;
-                    if start != next {
-                        return Err(Error::Internal(format!(
-                            "{path} starts at sample {start} where {next} was due"
-                        )));
+        // Reading, merging and writing run on the background executor, a channel at a time.
+        let (store, metrics) = (Arc::clone(&self.deps.store), self.deps.metrics.clone());
+        let (channels, inputs_of) = (stream.layout.channels.len(), parts.clone());
+        let added = self
+            .background
+            .spawn(async move {
+                let parts = inputs_of;
+                let mut added = Vec::with_capacity(channels);
+                for c in 0..channels {
+                    let mut inputs = Vec::with_capacity(parts.len());
+                    for p in &parts {
+                        let f = p.files.get(c).ok_or_else(|| {
+                            Error::Internal(format!(
+                                "part at sample {} has no channel {c}",
+                                p.first
+                            ))
+                        })?;
+                        let bytes = store
+                            .get(&f.path.as_str().into())
+                            .await
+                            .map_err(gbrain_storage::Error::from)?
+                            .bytes()
+                            .await
+                            .map_err(gbrain_storage::Error::from)?;
+                        inputs.push((f.path.clone(), bytes));
                     }
-                    next += values.len() as u64;
-                    w.push(&values)?;
+                    let encoded = tokio::task::spawn_blocking(move || {
+                        let mut w = SignalFileWriter::new(SampleWidth::Int32, first, Vec::new())?;
+                        let mut next = first;
+                        for (path, bytes) in inputs {
+                            let (start, values) =
+                                gbrain_storage::signal::read_signal_file(bytes, &path)?;
+                            if start != next {
+                                return Err(Error::Internal(format!(
+                                    "{path} starts at sample {start} where {next} was due"
+                                )));
+                            }
+                            next += values.len() as u64;
+                            w.push(&values)?;
+                        }
+                        Ok(w.finish()?)
+                    })
+                    .await
+                    .map_err(|e| Error::Internal(format!("live compaction: {e}")))??;
+                    let path = layout::live_flush_part(&dir, c as u32);
+                    let size = encoded.len() as i64;
+                    store
+                        .put(&path, PutPayload::from(encoded))
+                        .await
+                        .map_err(gbrain_storage::Error::from)?;
+                    metrics.files.inc();
+                    added.push(DataFileRow {
+                        path: path.to_string(),
+                        kind: FileKind::Signal,
+                        channel_index: Some(c as i64),
+                        first_row: first as i64,
+                        num_rows: rows as i64,
+                        size_bytes: size,
+                    });
                 }
-                Ok(w.finish()?)
+                Ok::<_, Error>(added)
             })
             .await
             .map_err(|e| Error::Internal(format!("live compaction: {e}")))??;
-            let path = layout::live_flush_part(&dir, c as u32);
-            let size = encoded.len() as i64;
-            self.deps
-                .store
-                .put(&path, PutPayload::from(encoded))
-                .await
-                .map_err(gbrain_storage::Error::from)?;
-            self.deps.metrics.files.inc();
-            added.push(DataFileRow {
-                path: path.to_string(),
-                kind: FileKind::Signal,
-                channel_index: Some(c as i64),
-                first_row: first as i64,
-                num_rows: rows as i64,
-                size_bytes: size,
-            });
-        }
         let removed: Vec<DataFileRow> = parts.iter().flat_map(|p| p.files.clone()).collect();
         self.deps
             .catalog

@@ -32,9 +32,9 @@ use tokio::sync::mpsc;
 
 use crate::context::{CATALOG, PUBLIC, SNAPSHOT_PREFIX, TenantCatalog, Views};
 use crate::error::{Error, Result};
-use crate::executor::Executor;
 use crate::metrics::{Outcome, QueryMetrics};
 use crate::tables::STORE_URL;
+use gbrain_common::executor::Executor;
 
 /// Per-query limits.
 #[derive(Clone, Debug)]

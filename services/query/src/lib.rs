@@ -9,7 +9,6 @@
 pub mod context;
 pub mod engine;
 mod error;
-pub mod executor;
 pub mod flight;
 pub mod functions;
 pub mod guard;
