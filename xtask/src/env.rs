@@ -64,7 +64,7 @@ fn python3() -> String {
 }
 
 /// A virtual environment with the packages of `requirements`, made once per distinct set.
-fn venv(root: &Path, requirements: &[&str]) -> anyhow::Result<PathBuf> {
+pub fn venv(root: &Path, requirements: &[&str]) -> anyhow::Result<PathBuf> {
     let mut text = String::new();
     for r in requirements {
         text.push_str(

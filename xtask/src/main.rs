@@ -2,8 +2,10 @@
 //!
 //! - `cargo xtask demo`: builds, starts the embedded cluster, uploads sample recordings,
 //!   imports a BIDS dataset, appends events, exports, and says what happened.
-//! - `cargo xtask test`: fmt, clippy, then every test (unit, catalog on SQLite and PostgreSQL,
-//!   integration with real clients), after fetching what the tests need.
+//! - `cargo xtask test`: fmt, clippy, the deploy checks, then every test (unit, catalog on SQLite
+//!   and PostgreSQL, integration with real clients), after fetching what the tests need.
+//! - `cargo xtask deploy-check`: the Helm chart, alert rules, Dockerfile and compose file, each
+//!   checked by its real tool (helm, kubernetes-validate, promtool, hadolint, docker-compose).
 //! - `cargo xtask bench`: the ingest benchmark, side by side with the Python pipelines.
 //! - `cargo xtask bench-query`: fused queries beside DuckDB and polars.
 //! - `cargo xtask bench-inference`: in-process ONNX Runtime, our node and a Python server.
@@ -21,6 +23,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod deploy;
 mod env;
 
 #[derive(Parser)]
@@ -43,6 +46,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         rest: Vec<String>,
     },
+    /// Checks the Helm chart, alert rules, Dockerfile and compose file with helm,
+    /// kubernetes-validate, promtool, hadolint and docker-compose.
+    DeployCheck,
     /// Runs the ingest benchmark (release build) beside the Python pipelines.
     Bench {
         /// Minutes of the generated recording (64 channels at 512 Hz).
@@ -83,6 +89,7 @@ fn main() -> anyhow::Result<()> {
     match args.command {
         Cmd::Demo => demo::demo(&root),
         Cmd::Test { no_lint, rest } => test(&root, no_lint, &rest),
+        Cmd::DeployCheck => deploy::check(&root),
         Cmd::Bench { minutes } => bench(&root, minutes),
         Cmd::BenchQuery { rest } => bench_query(&root, &rest),
         Cmd::BenchInference { rest } => bench_bin(&root, "inference", &rest),
@@ -132,6 +139,7 @@ fn test(root: &Path, no_lint: bool, rest: &[String]) -> anyhow::Result<()> {
             "warnings",
         ]))?;
     }
+    deploy::check(root)?;
     run(cargo().args(["build", "--workspace", "--bins"]))?;
     let mut cmd = if env::has_nextest() {
         let mut c = cargo();
