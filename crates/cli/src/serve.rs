@@ -85,6 +85,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     ))
     .await?;
     let auth = Arc::new(authenticator);
+    auth.watch(gbrain_common::auth::AUTH_FILE_CHECK_EVERY)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut registry = Registry::default();
     let mut ingest_config = IngestConfig::from_args(&ingest);

@@ -5,12 +5,20 @@
 //! gRPC service: it lets `grpc.health.v1.Health` through and rejects everything else that lacks a
 //! known token. On success it puts a [`Principal`] into the request's extensions, where handlers
 //! find it with [`Principal::from_request`] and check roles with [`Principal::require`].
+//!
+//! Tokens rotate without a restart: a service process watches its auth file
+//! ([`Authenticator::watch`]) and, when the file changes, loads it and swaps the token table at
+//! once, so added tokens work and removed ones are refused from then on. A file that does not
+//! load (a half-written edit, a typo) changes nothing: the tokens loaded before stay, and the
+//! process says why in its log. Kubernetes updates a mounted Secret by swapping a symlink, which
+//! the watch sees too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde::Deserialize;
@@ -142,39 +150,135 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// The token table and the tenants' policies.
+/// How often a service process looks at its auth file for rotated tokens.
+pub const AUTH_FILE_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// The token table and the tenants' policies, as one auth file gives them.
 #[derive(Default)]
-pub struct Authenticator {
+struct Tables {
     by_hash: HashMap<[u8; 32], Principal>,
     tenants: BTreeMap<TenantId, TenantPolicy>,
+    /// SHA-256 of the file text they were loaded from.
+    digest: Option<[u8; 32]>,
+}
+
+/// The token table and the tenants' policies; reloaded from its file when that changes.
+#[derive(Default)]
+pub struct Authenticator {
+    tables: RwLock<Arc<Tables>>,
+    /// The auth file it was loaded from, if any.
+    file: Option<PathBuf>,
 }
 
 impl fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = self.tables();
         f.debug_struct("Authenticator")
-            .field("tokens", &self.by_hash.len())
-            .field("tenants", &self.tenants.len())
+            .field("tokens", &t.by_hash.len())
+            .field("tenants", &t.tenants.len())
+            .field("file", &self.file)
             .finish()
     }
 }
 
-impl Authenticator {
-    /// Loads an auth file.
-    pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::AuthFile {
+fn read_auth_file(path: &Path) -> Result<Tables> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::AuthFile {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut tables = Tables::from_toml(&text).map_err(|e| match e {
+        Error::Config(reason) => Error::AuthFile {
             path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        Self::from_toml(&text).map_err(|e| match e {
-            Error::Config(reason) => Error::AuthFile {
-                path: path.display().to_string(),
-                reason,
-            },
-            other => other,
+            reason,
+        },
+        other => other,
+    })?;
+    tables.digest = Some(Sha256::digest(text.as_bytes()).into());
+    Ok(tables)
+}
+
+impl Authenticator {
+    /// Loads an auth file; [`Authenticator::reload`] and [`Authenticator::watch`] read it again.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let tables = read_auth_file(path)?;
+        Ok(Self {
+            tables: RwLock::new(Arc::new(tables)),
+            file: Some(path.to_path_buf()),
         })
     }
 
     pub fn from_toml(text: &str) -> Result<Self> {
+        Ok(Self {
+            tables: RwLock::new(Arc::new(Tables::from_toml(text)?)),
+            file: None,
+        })
+    }
+
+    fn tables(&self) -> Arc<Tables> {
+        Arc::clone(&self.tables.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Loads the auth file again and swaps in its tokens and policies, returning how many
+    /// tokens it holds. When the file does not load, nothing changes and the error says why.
+    pub fn reload(&self) -> Result<usize> {
+        let path = self
+            .file
+            .as_deref()
+            .ok_or_else(|| Error::Config("these tokens were not loaded from a file".into()))?;
+        Ok(self.swap(read_auth_file(path)?))
+    }
+
+    fn swap(&self, tables: Tables) -> usize {
+        let n = tables.by_hash.len();
+        *self.tables.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tables);
+        n
+    }
+
+    /// Checks the auth file every `every` on a thread of its own, and reloads it when its
+    /// content differs from what was loaded (logging the number of tokens, never the tokens),
+    /// for as long as this authenticator lives. Does nothing for tokens not loaded from a file.
+    pub fn watch(self: &Arc<Self>, every: Duration) -> std::io::Result<()> {
+        let Some(path) = self.file.clone() else {
+            return Ok(());
+        };
+        let weak = Arc::downgrade(self);
+        // A file that failed to load is told once, not at every check.
+        let mut failed = None;
+        std::thread::Builder::new()
+            .name("gbrain-auth-watch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(every);
+                    let Some(auth) = weak.upgrade() else { return };
+                    let Ok(bytes) = std::fs::read(&path) else {
+                        continue;
+                    };
+                    let digest = Some(<[u8; 32]>::from(Sha256::digest(&bytes)));
+                    if digest == auth.tables().digest || digest == failed {
+                        continue;
+                    }
+                    match read_auth_file(&path) {
+                        Ok(tables) => {
+                            failed = None;
+                            let tokens = auth.swap(tables);
+                            tracing::info!(path = %path.display(), tokens, "auth file reloaded");
+                        }
+                        Err(e) => {
+                            failed = digest;
+                            tracing::warn!(
+                                error = %e,
+                                "auth file changed but does not load; the tokens loaded before stay"
+                            );
+                        }
+                    }
+                }
+            })?;
+        Ok(())
+    }
+}
+
+impl Tables {
+    fn from_toml(text: &str) -> Result<Self> {
         let file: AuthFile = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
         let mut auth = Self::default();
         for (name, policy) in file.tenants {
@@ -224,11 +328,13 @@ impl Authenticator {
         }
         Ok(auth)
     }
+}
 
+impl Authenticator {
     /// A single token for `tenant` with every role: the embedded cluster's development token.
     pub fn single(token: &str, tenant: TenantId) -> Self {
-        let mut auth = Self::default();
-        auth.by_hash.insert(
+        let mut tables = Tables::default();
+        tables.by_hash.insert(
             Sha256::digest(token.as_bytes()).into(),
             Principal {
                 tenant,
@@ -236,18 +342,25 @@ impl Authenticator {
                 token_name: "dev-token".into(),
             },
         );
-        auth
+        Self {
+            tables: RwLock::new(Arc::new(tables)),
+            file: None,
+        }
     }
 
     /// The principal a token stands for.
-    pub fn authenticate(&self, token: &str) -> Option<&Principal> {
+    pub fn authenticate(&self, token: &str) -> Option<Principal> {
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.by_hash.get(&hash)
+        self.tables().by_hash.get(&hash).cloned()
     }
 
     /// The tenant's policy; the defaults when the auth file says nothing about it.
     pub fn policy(&self, tenant: &TenantId) -> TenantPolicy {
-        self.tenants.get(tenant).cloned().unwrap_or_default()
+        self.tables()
+            .tenants
+            .get(tenant)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Checks the `authorization` metadata of a request.
@@ -269,7 +382,6 @@ impl Authenticator {
                 Status::unauthenticated("the authorization metadata must be 'Bearer <token>'")
             })?;
         self.authenticate(token)
-            .cloned()
             .ok_or_else(|| Status::unauthenticated("unknown or revoked token"))
     }
 }
@@ -442,6 +554,48 @@ mod tests {
         assert_eq!(
             auth.check_header(None).unwrap_err().code(),
             tonic::Code::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn a_changed_file_rotates_tokens_and_a_bad_one_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.toml");
+        let file = |token: &str| {
+            format!("[[tokens]]\ntoken = \"{token}\"\ntenant = \"a\"\nroles = [\"analyst\"]\n")
+        };
+        std::fs::write(&path, file("old")).unwrap();
+        let auth = Arc::new(Authenticator::from_file(&path).unwrap());
+        assert!(auth.authenticate("old").is_some());
+
+        std::fs::write(&path, file("new")).unwrap();
+        assert_eq!(auth.reload().unwrap(), 1);
+        assert!(auth.authenticate("new").is_some());
+        assert!(auth.authenticate("old").is_none());
+
+        std::fs::write(&path, "[[tokens]]\ntoken = \"half").unwrap();
+        assert!(matches!(auth.reload(), Err(Error::AuthFile { .. })));
+        assert!(
+            auth.authenticate("new").is_some(),
+            "the tokens loaded before stay"
+        );
+
+        // The watch thread picks up a change by itself.
+        std::fs::write(&path, file("newer")).unwrap();
+        auth.watch(Duration::from_millis(20)).unwrap();
+        let started = std::time::Instant::now();
+        while auth.authenticate("newer").is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the watch never reloaded the file"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(auth.authenticate("new").is_none());
+        assert!(
+            Authenticator::single("x", TenantId::new("a").unwrap())
+                .reload()
+                .is_err()
         );
     }
 

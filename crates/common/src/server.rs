@@ -193,7 +193,8 @@ pub async fn serve_http(
 }
 
 /// What every service process does first: logging (level from RUST_LOG, format from the
-/// flags) and the tokens of its auth file, which a service process cannot run without.
+/// flags) and the tokens of its auth file, which a service process cannot run without (and
+/// watches, so that rotated tokens take effect without a restart).
 pub fn start_process(
     log: &crate::clap_blocks::LogArgs,
     auth: &crate::clap_blocks::AuthArgs,
@@ -202,7 +203,11 @@ pub fn start_process(
     let path = auth.auth_file.as_deref().ok_or_else(|| {
         Error::Config("--auth-file (or GBRAIN_AUTH_FILE) is required for a service process".into())
     })?;
-    Ok(Arc::new(Authenticator::from_file(path)?))
+    let auth = Arc::new(Authenticator::from_file(path)?);
+    // Rotated tokens take effect without a restart.
+    auth.watch(crate::auth::AUTH_FILE_CHECK_EVERY)
+        .map_err(|e| Error::Config(format!("watching the auth file: {e}")))?;
+    Ok(auth)
 }
 
 /// Binds the gRPC and HTTP listeners of a server process.
