@@ -82,7 +82,7 @@ AWS_* variables the object store reads.
       key: {{ .Values.objectStore.secretAccessKeyKey }}
 {{- end -}}
 
-{{/* The auth file's volume and mount. */}}
+{{/* The auth file's volume and mount: a directory, not a subPath, so that an updated Secret reaches the file and the services reload it. */}}
 {{- define "globalbrain.authVolume" -}}
 - name: auth
   secret:
