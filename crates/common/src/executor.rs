@@ -67,6 +67,11 @@ impl Executor {
         self.handle.spawn(fut)
     }
 
+    /// The runtime's handle, for work spawned from inside futures.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     /// Runs the blocking `f` on the executor's blocking threads.
     pub fn spawn_blocking<F, R>(&self, f: F) -> JoinHandle<R>
     where

@@ -42,6 +42,12 @@ pub fn open(url: &str, options: &[(String, String)]) -> Result<Arc<dyn ObjectSto
     }
 }
 
+/// Whether `store` is a local disk (`file://`): writing there costs CPU (creating files), where
+/// S3 writes are network waits.
+pub fn is_local(store: &dyn ObjectStore) -> bool {
+    store.to_string().starts_with("LocalFileSystem(")
+}
+
 /// Object store options from `AWS_*` variables, for binaries: `AWS_ENDPOINT_URL` becomes
 /// `aws_endpoint_url`, and so on. Pass the process environment in.
 pub fn aws_options(env: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
@@ -61,6 +67,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}/objects", dir.path().display());
         let store = open(&url, &[]).unwrap();
+        assert!(is_local(store.as_ref()));
+        let s3 = open(
+            "s3://bucket/prefix",
+            &[("aws_region".to_string(), "us-east-1".to_string())],
+        )
+        .unwrap();
+        assert!(!is_local(s3.as_ref()));
         store
             .put(&Path::from("a/b.txt"), PutPayload::from_static(b"hi"))
             .await

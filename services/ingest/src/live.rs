@@ -12,9 +12,10 @@
 //! channels), as an amplifier's ADC delivers them and as BDF stores them.
 //!
 //! A flusher writes the held samples to Parquet by time and by size, commits them to the
-//! catalog and releases the log behind them; small flushed files are compacted. Encoding,
-//! writing and merging files run on a background executor at the lowest CPU priority, so that
-//! on a busy machine they wait for the chunks and the closed loop rather than delay them. The gRPC stream over
+//! catalog and releases the log behind them; small flushed files are compacted. Encoding and
+//! merging files run on a background executor at the lowest CPU priority, and so does writing
+//! them on a local disk (where creating files costs CPU), so that on a busy machine they wait
+//! for the chunks and the closed loop rather than delay them. The gRPC stream over
 //! this is in `grpc` (see docs/ARCHITECTURE.md, "Live streams").
 
 use std::collections::{HashMap, VecDeque};
@@ -1178,24 +1179,26 @@ impl Live {
             };
             self.deps.catalog.begin_write(&write).await?;
             write_id = Some(write.write_id.clone());
-            // Encoding and writing (file creation dominates the CPU on a local disk) run
-            // on the background executor.
             let (store, metrics) = (Arc::clone(&self.deps.store), self.deps.metrics.clone());
+            let background = self.background.handle().clone();
             let written = self
-                .background
-                .spawn(async move {
-                    let encoded = tokio::task::spawn_blocking(move || {
-                        data.iter()
-                            .map(|values| {
-                                let mut w =
-                                    SignalFileWriter::new(SampleWidth::Int32, from, Vec::new())?;
-                                w.push(values)?;
-                                w.finish()
-                            })
-                            .collect::<std::result::Result<Vec<_>, gbrain_storage::Error>>()
-                    })
-                    .await
-                    .map_err(|e| Error::Internal(format!("live flush: {e}")))??;
+                .writing(async move {
+                    let encoded = background
+                        .spawn_blocking(move || {
+                            data.iter()
+                                .map(|values| {
+                                    let mut w = SignalFileWriter::new(
+                                        SampleWidth::Int32,
+                                        from,
+                                        Vec::new(),
+                                    )?;
+                                    w.push(values)?;
+                                    w.finish()
+                                })
+                                .collect::<std::result::Result<Vec<_>, gbrain_storage::Error>>()
+                        })
+                        .await
+                        .map_err(|e| Error::Internal(format!("live flush: {e}")))??;
                     let puts = encoded.into_iter().enumerate().map(|(c, bytes)| {
                         let path = layout::live_flush_part(&dir, c as u32);
                         let store = Arc::clone(&store);
@@ -1220,8 +1223,7 @@ impl Live {
                     metrics.files.inc_by(written.len() as u64);
                     Ok::<_, Error>(written)
                 })
-                .await
-                .map_err(|e| Error::Internal(format!("live flush: {e}")))??;
+                .await?;
             for f in written {
                 files.push(f?);
             }
@@ -1296,12 +1298,12 @@ impl Live {
             created_ns: self.deps.clock.now_ns(),
         };
         self.deps.catalog.begin_write(&write).await?;
-        // Reading, merging and writing run on the background executor, a channel at a time.
+        // A channel at a time.
         let (store, metrics) = (Arc::clone(&self.deps.store), self.deps.metrics.clone());
         let (channels, inputs_of) = (stream.layout.channels.len(), parts.clone());
+        let background = self.background.handle().clone();
         let added = self
-            .background
-            .spawn(async move {
+            .writing(async move {
                 let parts = inputs_of;
                 let mut added = Vec::with_capacity(channels);
                 for c in 0..channels {
@@ -1322,24 +1324,26 @@ impl Live {
                             .map_err(gbrain_storage::Error::from)?;
                         inputs.push((f.path.clone(), bytes));
                     }
-                    let encoded = tokio::task::spawn_blocking(move || {
-                        let mut w = SignalFileWriter::new(SampleWidth::Int32, first, Vec::new())?;
-                        let mut next = first;
-                        for (path, bytes) in inputs {
-                            let (start, values) =
-                                gbrain_storage::signal::read_signal_file(bytes, &path)?;
-                            if start != next {
-                                return Err(Error::Internal(format!(
-                                    "{path} starts at sample {start} where {next} was due"
-                                )));
+                    let encoded = background
+                        .spawn_blocking(move || {
+                            let mut w =
+                                SignalFileWriter::new(SampleWidth::Int32, first, Vec::new())?;
+                            let mut next = first;
+                            for (path, bytes) in inputs {
+                                let (start, values) =
+                                    gbrain_storage::signal::read_signal_file(bytes, &path)?;
+                                if start != next {
+                                    return Err(Error::Internal(format!(
+                                        "{path} starts at sample {start} where {next} was due"
+                                    )));
+                                }
+                                next += values.len() as u64;
+                                w.push(&values)?;
                             }
-                            next += values.len() as u64;
-                            w.push(&values)?;
-                        }
-                        Ok(w.finish()?)
-                    })
-                    .await
-                    .map_err(|e| Error::Internal(format!("live compaction: {e}")))??;
+                            Ok(w.finish()?)
+                        })
+                        .await
+                        .map_err(|e| Error::Internal(format!("live compaction: {e}")))??;
                     let path = layout::live_flush_part(&dir, c as u32);
                     let size = encoded.len() as i64;
                     store
@@ -1358,8 +1362,7 @@ impl Live {
                 }
                 Ok::<_, Error>(added)
             })
-            .await
-            .map_err(|e| Error::Internal(format!("live compaction: {e}")))??;
+            .await?;
         let removed: Vec<DataFileRow> = parts.iter().flat_map(|p| p.files.clone()).collect();
         self.deps
             .catalog
@@ -1383,6 +1386,24 @@ impl Live {
             }],
         );
         Ok(parts.len())
+    }
+
+    /// Runs a flush's or a compaction's file writes (their encoding always runs on the
+    /// background executor): on the background executor too when the store is a local disk,
+    /// where creating files is what costs CPU; on this runtime for S3, where writes are network
+    /// waits and the store's pooled connections must live on the runtime every request shares.
+    async fn writing<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        if gbrain_storage::store::is_local(self.deps.store.as_ref()) {
+            self.background
+                .spawn(work)
+                .await
+                .map_err(|e| Error::Internal(format!("live flush writes: {e}")))?
+        } else {
+            work.await
+        }
     }
 
     /// Flushes every `policy.interval`, or sooner when a stream holds much, until `shutdown`;
