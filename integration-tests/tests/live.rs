@@ -189,6 +189,34 @@ async fn chunks_are_acknowledged_resumed_and_held_exactly_once() {
     drop(c);
     let rows = stored(&sandbox, &opened.recording_id, 75).await;
     assert_eq!(rows.len(), LABELS.len());
+    // The fusion functions read the flushes' files (each holding every channel) too: resampled
+    // at the stream's own rate to the nearest sample, each channel is its samples.
+    let r = sandbox
+        .sql(
+            ANALYST_TOKEN,
+            &format!(
+                "SELECT channel, sample_index, value FROM resample(250, NULL, '{}', 'nearest') \
+                 ORDER BY channel_index, sample_index",
+                opened.recording_id
+            ),
+        )
+        .await
+        .unwrap();
+    let channel = arrow::compute::cast(r.column(0), &DataType::Utf8).unwrap();
+    let channel = channel.as_string::<i32>();
+    let index = r.column(1).as_primitive::<Int64Type>();
+    let value = r.column(2).as_primitive::<Float64Type>();
+    assert_eq!(r.num_rows(), 75 * LABELS.len());
+    for i in 0..r.num_rows() {
+        let want = rows[channel.value(i)][index.value(i) as usize];
+        assert_eq!(
+            value.value(i),
+            want,
+            "{} sample {}",
+            channel.value(i),
+            index.value(i)
+        );
+    }
 
     // A reconnect resumes after the last acknowledged chunk, in the same recording.
     let mut c = Conn::new(&mut client, open("stream-1", None)).await;

@@ -108,7 +108,11 @@ pub fn target_dir(root: &Path) -> PathBuf {
 }
 
 fn workspace_root() -> anyhow::Result<PathBuf> {
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // `cargo run` names the manifest's folder when it starts xtask; the one compiled in is
+    // only a fallback, since one build serves every checkout (worktrees) sharing a target
+    // folder, and cargo reuses it across them.
+    let here = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
     Ok(here.parent().context("xtask has no parent")?.to_path_buf())
 }
 

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! data/signals/tenant=T/recording=R/channel=00003/part-00000.parquet
-//! data/signals/tenant=T/recording=R/flush=<first sample, 20 digits>-<id>/channel=00003.parquet
+//! data/signals/tenant=T/recording=R/flush=<first sample, 20 digits>-<id>.parquet (every channel)
 //! data/signals/tenant=T/recording=R/compact=L<level>-<first sample>-<id>/channel=00003.parquet
 //! data/events/tenant=T/recording=R/<part id>.parquet
 //! data/loop/tenant=T/recording=R/<predictions|outcomes>/<part id>.parquet
@@ -26,11 +26,13 @@ pub fn signal_part(tenant: &str, recording: &str, channel: u32, part: u32) -> Pa
     ))
 }
 
-/// The folder of one flush of a live stream: every channel's samples from `first_sample`. The
-/// id keeps a retried flush apart from one that was abandoned.
-pub fn live_flush_dir(tenant: &str, recording: &str, first_sample: u64, id: &str) -> Path {
+/// The file of one flush of a live stream: every channel's samples from `first_sample`, a
+/// channel after another ([`crate::signal::write_channels`]). One file, not one per channel:
+/// flushes come twice a second per stream, and creating files is what a local disk pays for.
+/// The id keeps a retried flush apart from one that was abandoned.
+pub fn live_flush_file(tenant: &str, recording: &str, first_sample: u64, id: &str) -> Path {
     Path::from(format!(
-        "data/signals/tenant={tenant}/recording={recording}/flush={first_sample:020}-{id}"
+        "data/signals/tenant={tenant}/recording={recording}/flush={first_sample:020}-{id}.parquet"
     ))
 }
 
@@ -57,8 +59,8 @@ pub fn live_level(path: &str) -> u32 {
         .unwrap_or(0)
 }
 
-/// One channel's file of a live flush or compaction.
-pub fn live_flush_part(dir: &Path, channel: u32) -> Path {
+/// One channel's file of a live stream's compaction.
+pub fn live_compact_part(dir: &Path, channel: u32) -> Path {
     dir.clone().join(format!("channel={channel:05}.parquet"))
 }
 

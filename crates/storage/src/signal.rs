@@ -1,4 +1,5 @@
-//! Signal files: one Parquet file per channel and part.
+//! Signal files: one Parquet file per channel and part, or one per live flush holding every
+//! channel (see [`write_channels`]).
 //!
 //! Columns: `sample_index` (int64, the sample's position in the channel, counting from 0 over
 //! the whole recording) and `value` (the original digital sample: int16 for EDF, int32 holding
@@ -14,6 +15,7 @@
 //! that saves [`ZSTD_MIN_SAVING`]; a channel whose chunks keep not compressing is not tried again
 //! for [`ZSTD_BACKOFF_GROUPS`] row groups, so noise costs almost nothing extra.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{Array, Int16Array, Int32Array, Int64Array};
@@ -42,6 +44,56 @@ pub const ZSTD_BACKOFF_GROUPS: u32 = 16;
 
 /// Key-value metadata key holding the first sample index of the file.
 pub const FIRST_SAMPLE_KEY: &str = "gbrain.first_sample";
+
+/// Key-value metadata key holding how many channels a file of [`write_channels`] holds.
+pub const CHANNELS_KEY: &str = "gbrain.channels";
+
+/// Row groups each channel spans in a file of [`write_channels`] whose channels hold `rows`
+/// samples each.
+pub fn groups_per_channel(rows: u64) -> usize {
+    rows.div_ceil(ROWS_PER_GROUP as u64).max(1) as usize
+}
+
+/// The row groups of channel `channel` in a file of [`write_channels`] whose channels hold
+/// `rows` samples each.
+pub fn channel_groups(rows: u64, channel: usize) -> Range<usize> {
+    let g = groups_per_channel(rows);
+    channel * g..(channel + 1) * g
+}
+
+/// Writes channels of the same samples into one file, in the layout of a one-channel file:
+/// channel 0's values in row groups of their own, then channel 1's, each counting
+/// `sample_index` from `first_sample`. A reader picks a channel by its row groups,
+/// [`channel_groups`]; any Parquet reader sees every channel's rows one after another.
+/// Every channel must hold the same number of samples, at least one.
+pub fn write_channels(
+    width: SampleWidth,
+    first_sample: u64,
+    channels: &[Vec<i32>],
+) -> Result<Bytes> {
+    let rows = channels.first().map_or(0, Vec::len);
+    if rows == 0 || channels.iter().any(|c| c.len() != rows) {
+        return Err(Error::Corrupt {
+            path: "(being written)".into(),
+            reason: format!(
+                "a multi-channel signal file needs channels of one length, at least 1; got {:?}",
+                channels.iter().map(Vec::len).collect::<Vec<_>>()
+            ),
+        });
+    }
+    let mut w = SignalFileWriter::new(
+        width,
+        first_sample,
+        vec![(CHANNELS_KEY.to_string(), channels.len().to_string())],
+    )?;
+    for (i, values) in channels.iter().enumerate() {
+        if i > 0 {
+            w.next_channel()?;
+        }
+        w.push(values)?;
+    }
+    w.finish()
+}
 
 /// The stored width of the digital values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +124,7 @@ pub struct SignalFileWriter {
     index_column: ColumnDescPtr,
     value_column: ColumnDescPtr,
     pending: Vec<i32>,
+    first_sample: u64,
     next_index: u64,
     rows: u64,
     page: Vec<u8>,
@@ -111,6 +164,7 @@ impl SignalFileWriter {
             index_column,
             value_column,
             pending: Vec::with_capacity(ROWS_PER_GROUP),
+            first_sample,
             next_index: first_sample,
             rows: 0,
             page: Vec::new(),
@@ -130,6 +184,18 @@ impl SignalFileWriter {
                 self.flush_group()?;
             }
         }
+        Ok(())
+    }
+
+    /// Ends the current channel's row groups; what is pushed next is another channel's values
+    /// from the first sample again ([`write_channels`]).
+    pub fn next_channel(&mut self) -> Result<()> {
+        if !self.pending.is_empty() {
+            self.flush_group()?;
+        }
+        self.next_index = self.first_sample;
+        self.zstd_misses = 0;
+        self.zstd_skip = 0;
         Ok(())
     }
 
@@ -265,21 +331,23 @@ fn column_chunk(
 
 /// Reads a signal file back: its first sample index and every digital value.
 pub fn read_signal_file(bytes: Bytes, path: &str) -> Result<(u64, Vec<i32>)> {
+    read_signal_groups(bytes, path, None)
+}
+
+/// Reads the digital values of some row groups of a signal file, or of all (`None`): one
+/// channel of a file of [`write_channels`] with [`channel_groups`].
+pub fn read_signal_groups(
+    bytes: Bytes,
+    path: &str,
+    groups: Option<Range<usize>>,
+) -> Result<(u64, Vec<i32>)> {
     let corrupt = |reason: String| Error::Corrupt {
         path: path.to_string(),
         reason,
     };
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
-    let first = builder
-        .metadata()
-        .file_metadata()
-        .key_value_metadata()
-        .and_then(|kv| kv.iter().find(|k| k.key == FIRST_SAMPLE_KEY))
-        .and_then(|k| k.value.as_deref()?.parse::<u64>().ok())
-        .ok_or_else(|| corrupt(format!("no {FIRST_SAMPLE_KEY} metadata")))?;
-    let rows = builder.metadata().file_metadata().num_rows() as usize;
+    let (builder, first, rows) = open(bytes, path, groups)?;
     let reader = builder.with_batch_size(ROWS_PER_GROUP).build()?;
-    let mut out = Vec::with_capacity(rows);
+    let mut out = Vec::with_capacity(rows as usize);
     let mut expect = first as i64;
     for batch in reader {
         let batch = batch?;
@@ -312,6 +380,42 @@ pub fn read_signal_file(bytes: Bytes, path: &str) -> Result<(u64, Vec<i32>)> {
     Ok((first, out))
 }
 
+/// A reader of a signal file's row groups `groups` (all when `None`), with the file's first
+/// sample and the rows those groups hold.
+fn open(
+    bytes: Bytes,
+    path: &str,
+    groups: Option<Range<usize>>,
+) -> Result<(ParquetRecordBatchReaderBuilder<Bytes>, u64, u64)> {
+    let corrupt = |reason: String| Error::Corrupt {
+        path: path.to_string(),
+        reason,
+    };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    let meta = builder.metadata();
+    let first = meta
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|k| k.key == FIRST_SAMPLE_KEY))
+        .and_then(|k| k.value.as_deref()?.parse::<u64>().ok())
+        .ok_or_else(|| corrupt(format!("no {FIRST_SAMPLE_KEY} metadata")))?;
+    let Some(groups) = groups else {
+        let rows = meta.file_metadata().num_rows() as u64;
+        return Ok((builder, first, rows));
+    };
+    let total = meta.num_row_groups();
+    if groups.end > total || groups.is_empty() {
+        return Err(corrupt(format!(
+            "row groups {groups:?} asked of a file with {total}"
+        )));
+    }
+    let rows = groups
+        .clone()
+        .map(|g| meta.row_group(g).num_rows() as u64)
+        .sum();
+    Ok((builder.with_row_groups(groups.collect()), first, rows))
+}
+
 /// Reads the digital values of a signal file a row group at a time.
 pub struct SignalFileReader {
     batches: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
@@ -321,19 +425,10 @@ pub struct SignalFileReader {
 }
 
 impl SignalFileReader {
-    pub fn new(bytes: Bytes, path: &str) -> Result<Self> {
-        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
-        let first_sample = builder
-            .metadata()
-            .file_metadata()
-            .key_value_metadata()
-            .and_then(|kv| kv.iter().find(|k| k.key == FIRST_SAMPLE_KEY))
-            .and_then(|k| k.value.as_deref()?.parse::<u64>().ok())
-            .ok_or_else(|| Error::Corrupt {
-                path: path.to_string(),
-                reason: format!("no {FIRST_SAMPLE_KEY} metadata"),
-            })?;
-        let rows = builder.metadata().file_metadata().num_rows() as u64;
+    /// Reads row groups `groups` (every one when `None`; one channel of a file of
+    /// [`write_channels`] with [`channel_groups`]).
+    pub fn new(bytes: Bytes, path: &str, groups: Option<Range<usize>>) -> Result<Self> {
+        let (builder, first_sample, rows) = open(bytes, path, groups)?;
         let mask = parquet::arrow::ProjectionMask::leaves(builder.parquet_schema(), [1]);
         let batches = builder
             .with_projection(mask)
@@ -411,7 +506,7 @@ mod tests {
         assert_eq!(first, 1000);
         assert_eq!(got, values);
 
-        let mut r = SignalFileReader::new(bytes, "t").unwrap();
+        let mut r = SignalFileReader::new(bytes, "t", None).unwrap();
         assert_eq!((r.first_sample(), r.rows()), (1000, values.len() as u64));
         let mut streamed = Vec::new();
         while r.next_into(&mut streamed).unwrap() {}
@@ -452,6 +547,54 @@ mod tests {
             assert_eq!(&got, values);
         }
         assert!(sizes[0] * 20 < sizes[1], "{sizes:?}");
+    }
+
+    #[test]
+    fn one_file_holds_every_channel_and_each_reads_back_alone() {
+        // Short channels (a live flush) and channels longer than a row group.
+        for rows in [125usize, ROWS_PER_GROUP + 7] {
+            let channels: Vec<Vec<i32>> = (0..5)
+                .map(|c| {
+                    (0..rows)
+                        .map(|i| (i as i32 * 31 + c * 1000) % 70_000)
+                        .collect()
+                })
+                .collect();
+            let bytes = write_channels(SampleWidth::Int32, 500, &channels).unwrap();
+            let meta = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
+                .unwrap()
+                .metadata()
+                .clone();
+            assert_eq!(
+                meta.num_row_groups(),
+                5 * groups_per_channel(rows as u64),
+                "rows {rows}"
+            );
+            for (c, want) in channels.iter().enumerate() {
+                let groups = channel_groups(rows as u64, c);
+                let (first, got) =
+                    read_signal_groups(bytes.clone(), "t", Some(groups.clone())).unwrap();
+                assert_eq!((first, &got), (500, want), "channel {c} of rows {rows}");
+                // Its row groups' statistics give its sample range, for pruning.
+                let stats = meta.row_group(groups.start).column(0).statistics().unwrap();
+                assert_eq!(stats.min_bytes_opt().unwrap(), &500i64.to_le_bytes());
+
+                let mut r = SignalFileReader::new(bytes.clone(), "t", Some(groups)).unwrap();
+                assert_eq!((r.first_sample(), r.rows()), (500, rows as u64));
+                let mut streamed = Vec::new();
+                while r.next_into(&mut streamed).unwrap() {}
+                assert_eq!(&streamed, want);
+            }
+        }
+        let err = read_signal_groups(
+            write_channels(SampleWidth::Int32, 0, &[vec![1, 2]]).unwrap(),
+            "t",
+            Some(1..2),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("row groups 1..2"), "{err}");
+        assert!(write_channels(SampleWidth::Int32, 0, &[vec![1], vec![1, 2]]).is_err());
+        assert!(write_channels(SampleWidth::Int32, 0, &[]).is_err());
     }
 
     #[test]

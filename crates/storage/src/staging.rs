@@ -115,8 +115,17 @@ impl Staging {
     }
 }
 
-/// Deletes every object under `prefix`.
+/// Deletes every object under `prefix`, and the object `prefix` names if there is one.
 pub async fn delete_prefix(store: &Arc<dyn ObjectStore>, prefix: &Path) -> Result<()> {
+    // A prefix may name one object (a live flush's file) rather than a folder.
+    match store.head(prefix).await {
+        Ok(_) => match store.delete(prefix).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        },
+        Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
     let paths: Vec<Path> = store
         .list(Some(prefix))
         .map_ok(|m| m.location)

@@ -18,7 +18,7 @@ use gbrain_formats::edf::{
 };
 use gbrain_proto::ingest::v1::{ExportFormat, ExportInfo};
 use gbrain_storage::events::{EventRow, read_events};
-use gbrain_storage::signal::SignalFileReader;
+use gbrain_storage::signal::{SignalFileReader, channel_groups};
 use object_store::ObjectStoreExt;
 use tokio::sync::mpsc;
 
@@ -264,9 +264,10 @@ fn plan(
     })
 }
 
-/// Feeds one channel's values from its files in order.
+/// Feeds one channel's values from its files (and their row groups, for a file of every
+/// channel) in order.
 struct Cursor<'a> {
-    files: Vec<&'a DataFileRow>,
+    files: Vec<(&'a DataFileRow, Option<std::ops::Range<usize>>)>,
     next_file: usize,
     reader: Option<SignalFileReader>,
     values: Vec<i32>,
@@ -291,7 +292,7 @@ impl Cursor<'_> {
                     None => false,
                 };
                 if !more {
-                    let Some(f) = self.files.get(self.next_file) else {
+                    let Some((f, groups)) = self.files.get(self.next_file) else {
                         return Err(Error::Internal(
                             "stored samples end before the records do".into(),
                         ));
@@ -300,7 +301,7 @@ impl Cursor<'_> {
                     let bytes = handle
                         .block_on(async { store.get(&f.path.as_str().into()).await?.bytes().await })
                         .map_err(gbrain_storage::Error::from)?;
-                    self.reader = Some(SignalFileReader::new(bytes, &f.path)?);
+                    self.reader = Some(SignalFileReader::new(bytes, &f.path, groups.clone())?);
                 }
                 continue;
             }
@@ -355,11 +356,18 @@ fn write_file(
     let mut cursors: Vec<Cursor<'_>> = channels
         .iter()
         .map(|c| {
-            let mut mine: Vec<&DataFileRow> = files
+            // A channel's own files, and its row groups in a live flush's file of every channel.
+            let mut mine: Vec<(&DataFileRow, Option<std::ops::Range<usize>>)> = files
                 .iter()
-                .filter(|f| f.channel_index == Some(c.channel_index))
+                .filter_map(|f| match f.channel_index {
+                    Some(i) => (i == c.channel_index).then_some((f, None)),
+                    None => Some((
+                        f,
+                        Some(channel_groups(f.num_rows as u64, c.channel_index as usize)),
+                    )),
+                })
                 .collect();
-            mine.sort_by_key(|f| f.first_row);
+            mine.sort_by_key(|(f, _)| f.first_row);
             Cursor {
                 files: mine,
                 next_file: 0,

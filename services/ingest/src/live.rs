@@ -24,14 +24,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use gbrain_catalog::{
     Catalog, DataFileRow, FileKind, LiveFlush, LiveOpen, LiveStreamRow, NewRecording, PendingWrite,
 };
 use gbrain_common::clock::Clock;
 use gbrain_common::executor::Executor;
 use gbrain_storage::layout;
-use gbrain_storage::signal::{SampleWidth, SignalFileWriter};
+use gbrain_storage::signal::{SampleWidth, SignalFileWriter, channel_groups, write_channels};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
@@ -373,15 +372,29 @@ pub const COMPACTION_FANIN: usize = 16;
 /// Files of this level are not merged further (level 4: 16^4 flushes, hours of signal).
 pub const MAX_LEVEL: u32 = 4;
 
-/// Stored samples of a stream: one file per channel over the same samples.
+/// Stored samples of a stream over the same samples: one file per channel, or (a flush) one
+/// file of every channel.
 #[derive(Clone, Debug)]
 struct Part {
     /// 0 for a flush; a compaction of parts of level L makes one of level L + 1.
     level: u32,
     first: u64,
     rows: u64,
-    /// By channel.
+    /// By channel, or the one file of every channel (no `channel_index`).
     files: Vec<DataFileRow>,
+}
+
+impl Part {
+    /// The file holding channel `c`, with its row groups there when the file holds every
+    /// channel.
+    fn channel(&self, c: usize) -> Result<(&DataFileRow, Option<std::ops::Range<usize>>)> {
+        match self.files.as_slice() {
+            [f] if f.channel_index.is_none() => Ok((f, Some(channel_groups(self.rows, c)))),
+            files => files.get(c).map(|f| (f, None)).ok_or_else(|| {
+                Error::Internal(format!("part at sample {} has no channel {c}", self.first))
+            }),
+        }
+    }
 }
 
 /// The stream's stored parts, in sample order, from the catalog's current files.
@@ -1170,11 +1183,11 @@ impl Live {
         let mut write_id = None;
         if n > 0 {
             let id = uuid::Uuid::new_v4().simple().to_string();
-            let dir = layout::live_flush_dir(tenant, &stream.recording_id, from, &id[..12]);
+            let path = layout::live_flush_file(tenant, &stream.recording_id, from, &id[..12]);
             let write = PendingWrite {
                 write_id: format!("live-{id}"),
                 tenant: tenant.to_string(),
-                prefixes: vec![dir.to_string()],
+                prefixes: vec![path.to_string()],
                 created_ns: self.deps.clock.now_ns(),
             };
             self.deps.catalog.begin_write(&write).await?;
@@ -1183,50 +1196,28 @@ impl Live {
             let background = self.background.handle().clone();
             let written = self
                 .writing(async move {
+                    // One file holds every channel (a channel's rows after another's).
                     let encoded = background
-                        .spawn_blocking(move || {
-                            data.iter()
-                                .map(|values| {
-                                    let mut w = SignalFileWriter::new(
-                                        SampleWidth::Int32,
-                                        from,
-                                        Vec::new(),
-                                    )?;
-                                    w.push(values)?;
-                                    w.finish()
-                                })
-                                .collect::<std::result::Result<Vec<_>, gbrain_storage::Error>>()
-                        })
+                        .spawn_blocking(move || write_channels(SampleWidth::Int32, from, &data))
                         .await
                         .map_err(|e| Error::Internal(format!("live flush: {e}")))??;
-                    let puts = encoded.into_iter().enumerate().map(|(c, bytes)| {
-                        let path = layout::live_flush_part(&dir, c as u32);
-                        let store = Arc::clone(&store);
-                        async move {
-                            let size = bytes.len() as i64;
-                            store
-                                .put(&path, PutPayload::from(bytes))
-                                .await
-                                .map_err(gbrain_storage::Error::from)?;
-                            Ok::<_, Error>(DataFileRow {
-                                path: path.to_string(),
-                                kind: FileKind::Signal,
-                                channel_index: Some(c as i64),
-                                first_row: from as i64,
-                                num_rows: n as i64,
-                                size_bytes: size,
-                            })
-                        }
-                    });
-                    let written: Vec<Result<DataFileRow>> =
-                        futures::stream::iter(puts).buffered(8).collect().await;
-                    metrics.files.inc_by(written.len() as u64);
-                    Ok::<_, Error>(written)
+                    let size = encoded.len() as i64;
+                    store
+                        .put(&path, PutPayload::from(encoded))
+                        .await
+                        .map_err(gbrain_storage::Error::from)?;
+                    metrics.files.inc();
+                    Ok::<_, Error>(DataFileRow {
+                        path: path.to_string(),
+                        kind: FileKind::Signal,
+                        channel_index: None,
+                        first_row: from as i64,
+                        num_rows: n as i64,
+                        size_bytes: size,
+                    })
                 })
                 .await?;
-            for f in written {
-                files.push(f?);
-            }
+            files.push(written);
         }
         let flush = LiveFlush {
             tenant: tenant.to_string(),
@@ -1306,33 +1297,47 @@ impl Live {
         let background = self.background.handle().clone();
         let added = self
             .writing(async move {
-                let mut added = Vec::with_capacity(channels);
-                for c in 0..channels {
-                    let mut inputs = Vec::with_capacity(parts.len());
-                    for p in &parts {
-                        let f = p.files.get(c).ok_or_else(|| {
-                            Error::Internal(format!(
-                                "part at sample {} has no channel {c}",
-                                p.first
-                            ))
-                        })?;
+                let get = |path: String| {
+                    let store = Arc::clone(&store);
+                    async move {
                         let bytes = store
-                            .get(&f.path.as_str().into())
+                            .get(&path.as_str().into())
                             .await
                             .map_err(gbrain_storage::Error::from)?
                             .bytes()
                             .await
                             .map_err(gbrain_storage::Error::from)?;
-                        inputs.push((f.path.clone(), bytes));
+                        Ok::<_, Error>(bytes)
+                    }
+                };
+                // Files of every channel (flushes, small) are read once; files of one channel
+                // a channel at a time.
+                let mut shared = std::collections::HashMap::new();
+                for p in &parts {
+                    if let (f, Some(_)) = p.channel(0)? {
+                        shared.insert(f.path.clone(), get(f.path.clone()).await?);
+                    }
+                }
+                let mut added = Vec::with_capacity(channels);
+                for c in 0..channels {
+                    let mut inputs = Vec::with_capacity(parts.len());
+                    for p in &parts {
+                        let (f, groups) = p.channel(c)?;
+                        let bytes = match shared.get(&f.path) {
+                            Some(b) => b.clone(),
+                            None => get(f.path.clone()).await?,
+                        };
+                        inputs.push((f.path.clone(), bytes, groups));
                     }
                     let encoded = background
                         .spawn_blocking(move || {
                             let mut w =
                                 SignalFileWriter::new(SampleWidth::Int32, first, Vec::new())?;
                             let mut next = first;
-                            for (path, bytes) in inputs {
-                                let (start, values) =
-                                    gbrain_storage::signal::read_signal_file(bytes, &path)?;
+                            for (path, bytes, groups) in inputs {
+                                let (start, values) = gbrain_storage::signal::read_signal_groups(
+                                    bytes, &path, groups,
+                                )?;
                                 if start != next {
                                     return Err(Error::Internal(format!(
                                         "{path} starts at sample {start} where {next} was due"
@@ -1345,7 +1350,7 @@ impl Live {
                         })
                         .await
                         .map_err(|e| Error::Internal(format!("live compaction: {e}")))??;
-                    let path = layout::live_flush_part(&dir, c as u32);
+                    let path = layout::live_compact_part(&dir, c as u32);
                     let size = encoded.len() as i64;
                     store
                         .put(&path, PutPayload::from(encoded))
@@ -2014,10 +2019,39 @@ mod tests {
             .files("t", &rec, FileKind::Signal)
             .await
             .unwrap();
-        // Per channel: one file of level 1 (16 flushes), then 3 flushes.
-        assert_eq!(files.len(), 4 * 3);
-        assert_eq!(layout::live_level(&files[0].path), 1);
-        assert_eq!(files[0].num_rows, 16 * 7);
+        // Per channel: one file of level 1 (16 flushes); then 3 flushes of a file each, every
+        // channel in it.
+        assert_eq!(files.len(), 3 + 3);
+        let (level1, flushes): (Vec<_>, Vec<_>) =
+            files.iter().partition(|f| f.channel_index.is_some());
+        assert!(level1.iter().all(|f| layout::live_level(&f.path) == 1));
+        assert!(
+            level1
+                .iter()
+                .all(|f| (f.first_row, f.num_rows) == (0, 16 * 7))
+        );
+        assert!(flushes.iter().all(|f| layout::live_level(&f.path) == 0));
+        for f in &flushes {
+            let bytes = store
+                .get(&f.path.as_str().into())
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            for c in 0..3 {
+                let (first, values) = gbrain_storage::signal::read_signal_groups(
+                    bytes.clone(),
+                    &f.path,
+                    Some(channel_groups(7, c)),
+                )
+                .unwrap();
+                assert_eq!((first, values.len()), (f.first_row as u64, 7));
+                let seq = f.first_row as u64 / 7 + 1;
+                let want = ((seq * 1000 + (c as u64)) as f64 * 0.5 / 1e-3).round();
+                assert_eq!(f64::from(values[0]), want, "channel {c} of {}", f.path);
+            }
+        }
         live.close(&s).await.unwrap();
         let report = live.flush().await;
         assert_eq!(
@@ -2049,7 +2083,7 @@ mod tests {
         }
         // The replaced files are listed for deletion once past their grace.
         let replaced = node.catalog.removed_files(i64::MAX, 1000).await.unwrap();
-        assert_eq!(replaced.len(), (16 + 4) * 3);
+        assert_eq!(replaced.len(), 16 + 3 + 3);
     }
 
     #[test]

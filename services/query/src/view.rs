@@ -9,13 +9,23 @@ use gbrain_catalog::{ChannelRow, DataFileRow, FileKind, RecordingRow, SegmentRow
 /// Samples per row group in signal files (`gbrain_storage::signal::ROWS_PER_GROUP`).
 pub const ROWS_PER_GROUP: u64 = gbrain_storage::signal::ROWS_PER_GROUP as u64;
 
-/// A signal file of one channel.
+/// A signal file of one channel, or one channel's part of a live flush's file of every
+/// channel.
 #[derive(Clone, Debug)]
 pub struct SignalFile {
     pub path: String,
     pub size: u64,
     pub first_sample: u64,
     pub rows: u64,
+    /// In a file of every channel: this channel's row groups, and how many the file has.
+    pub row_groups: Option<(std::ops::Range<usize>, usize)>,
+}
+
+impl SignalFile {
+    /// The row group of the file holding the channel's `k`-th row group here.
+    pub fn row_group(&self, k: usize) -> usize {
+        self.row_groups.as_ref().map_or(0, |(r, _)| r.start) + k
+    }
 }
 
 /// What queries need to know about one channel of one recording.
@@ -181,28 +191,34 @@ impl QueryView {
             segments.entry(rec.as_str()).or_default().push(s);
         }
         let mut files: HashMap<(&str, i64), Vec<SignalFile>> = HashMap::new();
+        // Live flushes' files of every channel, by recording.
+        let mut shared: HashMap<&str, Vec<&DataFileRow>> = HashMap::new();
         let mut row_files: [Vec<(usize, DataFileRow)>; 3] = Default::default();
         for (rec, f) in &view.files {
             match f.kind {
-                FileKind::Signal => {
-                    if let Some(ch) = f.channel_index {
-                        files
-                            .entry((rec.as_str(), ch))
-                            .or_default()
-                            .push(SignalFile {
-                                path: f.path.clone(),
-                                size: f.size_bytes as u64,
-                                first_sample: f.first_row as u64,
-                                rows: f.num_rows as u64,
-                            });
-                    }
-                }
+                FileKind::Signal => match f.channel_index {
+                    Some(ch) => files
+                        .entry((rec.as_str(), ch))
+                        .or_default()
+                        .push(SignalFile {
+                            path: f.path.clone(),
+                            size: f.size_bytes as u64,
+                            first_sample: f.first_row as u64,
+                            rows: f.num_rows as u64,
+                            row_groups: None,
+                        }),
+                    None => shared.entry(rec.as_str()).or_default().push(f),
+                },
                 kind => {
                     if let (Some(&i), Some(t)) = (recording_index.get(rec), RowTable::of(kind)) {
                         row_files[t.index()].push((i, f.clone()));
                     }
                 }
             }
+        }
+        let mut width: HashMap<&str, usize> = HashMap::new();
+        for (rec, _) in &view.channels {
+            *width.entry(rec.as_str()).or_default() += 1;
         }
         let mut channels = Vec::new();
         let mut recording_ids: HashMap<&str, Arc<str>> = HashMap::new();
@@ -226,6 +242,20 @@ impl QueryView {
             let mut f = files
                 .remove(&(rec.as_str(), c.channel_index))
                 .unwrap_or_default();
+            for s in shared.get(rec.as_str()).into_iter().flatten() {
+                let rows = s.num_rows.max(0) as u64;
+                let groups = gbrain_storage::signal::groups_per_channel(rows);
+                f.push(SignalFile {
+                    path: s.path.clone(),
+                    size: s.size_bytes as u64,
+                    first_sample: s.first_row as u64,
+                    rows,
+                    row_groups: Some((
+                        gbrain_storage::signal::channel_groups(rows, c.channel_index as usize),
+                        groups * width.get(rec.as_str()).copied().unwrap_or(0),
+                    )),
+                });
+            }
             f.sort_by_key(|x| x.first_sample);
             let id = Arc::clone(
                 recording_ids
@@ -267,12 +297,13 @@ fn count_live_samples(view: &mut TenantView) {
     if live.is_empty() {
         return;
     }
+    // Per (recording, channel); a file of every channel counts for channel -1.
     let mut held: HashMap<(&str, i64), i64> = HashMap::new();
     for (rec, f) in &view.files {
-        if let (FileKind::Signal, Some(ch)) = (f.kind, f.channel_index)
-            && live.contains(rec)
-        {
-            let end = held.entry((rec.as_str(), ch)).or_default();
+        if f.kind == FileKind::Signal && live.contains(rec) {
+            let end = held
+                .entry((rec.as_str(), f.channel_index.unwrap_or(-1)))
+                .or_default();
             *end = (*end).max(f.first_row + f.num_rows);
         }
     }
@@ -285,10 +316,9 @@ fn count_live_samples(view: &mut TenantView) {
         if !live.contains(rec) {
             continue;
         }
-        c.num_samples = held
-            .get(&(rec.clone(), c.channel_index))
-            .copied()
-            .unwrap_or(0);
+        let own = held.get(&(rec.clone(), c.channel_index)).copied();
+        let shared = held.get(&(rec.clone(), -1)).copied();
+        c.num_samples = own.max(shared).unwrap_or(0);
         let t = totals.entry(rec.clone()).or_default();
         t.0 += c.num_samples;
         if c.sample_rate > 0.0 {

@@ -42,7 +42,9 @@ pub async fn read_digital(
         }
         let first_group = (lo.saturating_sub(f.first_sample)) / ROWS_PER_GROUP;
         let last_group = (hi.min(end - 1) - f.first_sample) / ROWS_PER_GROUP;
-        let groups: Vec<usize> = (first_group..=last_group).map(|g| g as usize).collect();
+        let groups: Vec<usize> = (first_group..=last_group)
+            .map(|g| f.row_group(g as usize))
+            .collect();
         let reader = StoreReader {
             store: Arc::clone(store),
             path: f.path.as_str().into(),

@@ -21,6 +21,7 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::ParquetAccessPlan;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
@@ -188,10 +189,17 @@ impl TableProvider for SamplesTable {
                 {
                     continue;
                 }
-                groups.entry(*range).or_default().push(
-                    PartitionedFile::new(f.path.clone(), f.size)
-                        .with_partition_values(vec![ScalarValue::UInt32(Some(*pos as u32))]),
-                );
+                let mut file = PartitionedFile::new(f.path.clone(), f.size)
+                    .with_partition_values(vec![ScalarValue::UInt32(Some(*pos as u32))]);
+                // A live flush's file holds every channel: read this one's row groups.
+                if let Some((mine, total)) = &f.row_groups {
+                    let mut plan = ParquetAccessPlan::new_none(*total);
+                    for g in mine.clone() {
+                        plan.scan(g);
+                    }
+                    file = file.with_extension(plan);
+                }
+                groups.entry(*range).or_default().push(file);
             }
         }
         let scanned: usize = groups.values().map(Vec::len).sum();
