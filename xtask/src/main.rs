@@ -10,6 +10,8 @@
 //! - `cargo xtask bench-query`: fused queries beside DuckDB and polars.
 //! - `cargo xtask bench-inference`: in-process ONNX Runtime, our node and a Python server.
 //! - `cargo xtask bench-loop`: the closed loop's window-to-feedback latency.
+//! - `cargo xtask local-cluster [up|down]`: every service its own process on PostgreSQL and
+//!   SeaweedFS, in the foreground.
 //! - `cargo xtask fuzz`: the parser fuzz target for a while.
 //!
 //! Everything fetched goes to a cache outside the clone (`$GBRAIN_CACHE`, default
@@ -75,6 +77,14 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         rest: Vec<String>,
     },
+    /// Runs the local cluster (every service its own process, PostgreSQL, SeaweedFS) in the
+    /// foreground: `local-cluster [up] [--dir D] [--inference-nodes N]`, `local-cluster down
+    /// [--dir D]`. Fetches SeaweedFS and ONNX Runtime first.
+    LocalCluster {
+        /// Arguments for `gbrain local-cluster` (default: up).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
     /// Fuzzes the EDF/BDF and BIDS parsers (nightly toolchain and cargo-fuzz).
     Fuzz {
         #[arg(long, default_value_t = 60)]
@@ -94,6 +104,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::BenchQuery { rest } => bench_query(&root, &rest),
         Cmd::BenchInference { rest } => bench_bin(&root, "inference", &rest),
         Cmd::BenchLoop { rest } => bench_bin(&root, "closed_loop", &rest),
+        Cmd::LocalCluster { rest } => local_cluster(&root, &rest),
         Cmd::Fuzz { seconds } => fuzz(&root, seconds),
     }
 }
@@ -105,6 +116,32 @@ pub fn target_dir(root: &Path) -> PathBuf {
         Some(d) => root.join(d),
         None => root.join("target"),
     }
+}
+
+/// `gbrain local-cluster ...` with SeaweedFS and ONNX Runtime fetched, its state in
+/// `target/local-cluster` unless --dir says otherwise.
+fn local_cluster(root: &Path, rest: &[String]) -> anyhow::Result<()> {
+    let mut args: Vec<String> = rest.to_vec();
+    if !matches!(args.first().map(String::as_str), Some("up" | "down")) {
+        args.insert(0, "up".into());
+    }
+    if !args.iter().any(|a| a == "--dir" || a.starts_with("--dir=")) {
+        args.push("--dir".into());
+        args.push(root.join("target/local-cluster").display().to_string());
+    }
+    let tools = if args[0] == "up" {
+        let tools = env::prepare(root, env::Purpose::Test)?;
+        run(cargo().args(["build", "-p", "gbrain-cli", "--bin", "gbrain"]))?;
+        Some(tools)
+    } else {
+        None
+    };
+    let mut cmd = Command::new(target_dir(root).join("debug/gbrain"));
+    cmd.arg("local-cluster").args(&args);
+    if let Some(tools) = &tools {
+        tools.apply(&mut cmd, root);
+    }
+    run(&mut cmd)
 }
 
 fn workspace_root() -> anyhow::Result<PathBuf> {

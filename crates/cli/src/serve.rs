@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use gbrain_catalog::Catalog;
+use gbrain_cli::output::write_private;
 use gbrain_common::auth::{Authenticator, generate_token};
 use gbrain_common::clap_blocks::{
     AuthArgs, CoordinatorArgs, CoordinatorServeArgs, InferenceArgs, InferenceServeArgs, IngestArgs,
@@ -251,25 +252,4 @@ fn dev_token(data_dir: &Path) -> anyhow::Result<(String, PathBuf)> {
     let token = generate_token();
     write_private(&path, &token)?;
     Ok((token, path))
-}
-
-#[cfg(unix)]
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    writeln!(f, "{contents}")?;
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    std::fs::write(path, format!("{contents}\n"))?;
-    Ok(())
 }

@@ -1,0 +1,764 @@
+//! The local cluster: every service as its own `gbrain serve <role>` process on loopback,
+//! on a PostgreSQL catalog (a database of its own on an existing server) and SeaweedFS as the
+//! S3 server, as a Kubernetes deployment runs them. `gbrain local-cluster up` (and `cargo
+//! xtask local-cluster`, which fetches SeaweedFS first) runs one in the foreground; the
+//! integration tests start one here and break it on purpose.
+//!
+//! Ports are chosen once, when the cluster starts, and kept: a restarted process listens
+//! where the one it replaces did, so clients and the coordinator find it again.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::output::write_private;
+
+/// How long a process has to accept connections after it starts.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a process has to exit after SIGTERM before it is killed (and the stop is
+/// reported unclean).
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The tenant the cluster's tokens belong to.
+pub const TENANT: &str = "demo";
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// Where logs, SeaweedFS's data, the ingest log (WAL), the auth file and `cluster.env` go.
+    pub dir: PathBuf,
+    /// The `gbrain` binary the roles run.
+    pub gbrain: PathBuf,
+    /// SeaweedFS's `weed`.
+    pub weed: PathBuf,
+    /// A PostgreSQL database to connect to while creating the cluster's own
+    /// (`postgres://postgres@127.0.0.1:5432/postgres`).
+    pub postgres: String,
+    /// The cluster's database, created when missing.
+    pub database: String,
+    /// Inference nodes to start.
+    pub inference_nodes: usize,
+    /// `RUST_LOG` of the processes.
+    pub log_level: String,
+}
+
+/// One process of the cluster.
+#[derive(Debug)]
+pub struct Process {
+    /// `ingest`, `query`, `inference-1`..., `coordinator`.
+    pub name: String,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub log: PathBuf,
+    args: Vec<OsString>,
+    child: Option<Child>,
+}
+
+impl Process {
+    /// `http://` + its gRPC address.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// SeaweedFS: master, volume, filer and S3 gateway in one `weed mini` process.
+#[derive(Debug)]
+pub struct Weed {
+    pub s3: SocketAddr,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub log: PathBuf,
+    args: Vec<OsString>,
+    child: Option<Child>,
+}
+
+/// A running local cluster. Dropping it kills what still runs; [`LocalCluster::stop`] stops
+/// it cleanly.
+#[derive(Debug)]
+pub struct LocalCluster {
+    pub spec: Spec,
+    pub weed: Weed,
+    /// In start order: ingest, query, inference nodes, coordinator.
+    pub processes: Vec<Process>,
+    /// The catalog's URL.
+    pub catalog: String,
+    /// The object store's URL.
+    pub object_store: String,
+    /// The auth file every process reads (rotate tokens by rewriting it).
+    pub auth_file: PathBuf,
+    /// An admin token of tenant [`TENANT`].
+    pub admin_token: String,
+    /// A submitter token of tenant [`TENANT`].
+    pub submitter_token: String,
+    /// An analyst token of tenant [`TENANT`].
+    pub analyst_token: String,
+}
+
+/// How each process ended.
+#[derive(Debug)]
+pub struct StopReport {
+    /// (name, exit status, whether it exited on SIGTERM in time).
+    pub exits: Vec<(String, Option<ExitStatus>, bool)>,
+}
+
+impl StopReport {
+    /// Every process exited on SIGTERM in time, with success.
+    pub fn clean(&self) -> bool {
+        self.exits
+            .iter()
+            .all(|(_, status, in_time)| *in_time && status.is_some_and(|s| s.success()))
+    }
+}
+
+impl std::fmt::Display for StopReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (name, status, in_time) in &self.exits {
+            let how = match (status, in_time) {
+                (Some(s), true) => format!("exited ({s})"),
+                (Some(s), false) => format!("killed after {}s ({s})", STOP_TIMEOUT.as_secs()),
+                (None, _) => "was not running".to_string(),
+            };
+            writeln!(f, "  {name}: {how}")?;
+        }
+        Ok(())
+    }
+}
+
+impl LocalCluster {
+    /// Starts SeaweedFS, creates the database, then the services in dependency order, each
+    /// once the one before accepts connections.
+    pub fn start(spec: Spec) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(spec.dir.join("logs"))
+            .with_context(|| format!("creating {}", spec.dir.display()))?;
+        let weed = Weed::start(&spec)?;
+        let catalog = ensure_database(&spec.postgres, &spec.database)?;
+        let object_store = format!("s3://{}/cluster", weed.bucket);
+
+        let tokens: Vec<String> = (0..3)
+            .map(|_| gbrain_common::auth::generate_token())
+            .collect();
+        let auth_file = spec.dir.join("auth.toml");
+        write_auth_file(&auth_file, &tokens)?;
+
+        let mut cluster = Self {
+            weed,
+            processes: Vec::new(),
+            catalog,
+            object_store,
+            auth_file,
+            admin_token: tokens[0].clone(),
+            submitter_token: tokens[1].clone(),
+            analyst_token: tokens[2].clone(),
+            spec,
+        };
+        let (auth_file, store) = (cluster.auth_file.clone(), cluster.object_store.clone());
+        let common = move |role: &str| -> Vec<OsString> {
+            vec![
+                "serve".into(),
+                role.into(),
+                "--auth-file".into(),
+                auth_file.clone().into(),
+                "--object-store".into(),
+                store.clone().into(),
+            ]
+        };
+        let mut ingest = common("ingest");
+        ingest.extend([
+            "--catalog".into(),
+            cluster.catalog.clone().into(),
+            "--wal-dir".into(),
+            cluster.spec.dir.join("ingest-wal").into(),
+        ]);
+        let mut query = common("query");
+        query.extend(["--catalog".into(), cluster.catalog.clone().into()]);
+        let mut planned = vec![("ingest".to_string(), ingest), ("query".to_string(), query)];
+        for i in 1..=cluster.spec.inference_nodes {
+            planned.push((format!("inference-{i}"), common("inference")));
+        }
+        for (name, args) in planned {
+            cluster.add(&name, args)?;
+        }
+        let inference: Vec<String> = cluster
+            .processes
+            .iter()
+            .filter(|p| p.name.starts_with("inference-"))
+            .map(Process::endpoint)
+            .collect();
+        if !inference.is_empty() {
+            let mut coordinator = common("coordinator");
+            coordinator.extend([
+                "--catalog".into(),
+                cluster.catalog.clone().into(),
+                "--ingest-endpoint".into(),
+                cluster.process("ingest").endpoint().into(),
+                "--inference-endpoints".into(),
+                inference.join(",").into(),
+            ]);
+            cluster.add("coordinator", coordinator)?;
+        }
+        cluster.write_env()?;
+        Ok(cluster)
+    }
+
+    /// Starts one more process of the cluster on ports of its own.
+    fn add(&mut self, name: &str, args: Vec<OsString>) -> anyhow::Result<()> {
+        let mut p = Process {
+            name: name.to_string(),
+            grpc: free_addr()?,
+            http: free_addr()?,
+            log: self.spec.dir.join("logs").join(format!("{name}.log")),
+            args,
+            child: None,
+        };
+        self.launch(&mut p)?;
+        self.processes.push(p);
+        Ok(())
+    }
+
+    fn launch(&self, p: &mut Process) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p.log)
+            .with_context(|| format!("opening {}", p.log.display()))?;
+        let mut cmd = Command::new(&self.spec.gbrain);
+        cmd.args(&p.args)
+            .arg("--listen")
+            .arg(p.grpc.to_string())
+            .arg("--http")
+            .arg(p.http.to_string())
+            .env("RUST_LOG", &self.spec.log_level)
+            // Its own process group: Ctrl-C reaches the cluster, which stops it in order.
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for (k, v) in self.weed.aws_env() {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.spec.gbrain.display()))?;
+        p.child = Some(child);
+        wait_accepting(p.grpc, &mut p.child, &p.name, &p.log)
+    }
+
+    /// The process named `name`.
+    ///
+    /// # Panics
+    /// When the cluster has no such process.
+    pub fn process(&self, name: &str) -> &Process {
+        self.processes
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("the cluster has no process {name}"))
+    }
+
+    fn process_mut(&mut self, name: &str) -> anyhow::Result<&mut Process> {
+        self.processes
+            .iter_mut()
+            .find(|p| p.name == name)
+            .with_context(|| format!("the cluster has no process {name}"))
+    }
+
+    /// SIGKILL: a crash. The process stays down until [`LocalCluster::restart`].
+    pub fn kill(&mut self, name: &str) -> anyhow::Result<()> {
+        let p = self.process_mut(name)?;
+        if let Some(mut child) = p.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then waits up to [`STOP_TIMEOUT`]: (exit status, whether it exited in time).
+    pub fn terminate(&mut self, name: &str) -> anyhow::Result<(Option<ExitStatus>, bool)> {
+        let p = self.process_mut(name)?;
+        Ok(terminate(&mut p.child))
+    }
+
+    /// Starts a stopped process again, on the same ports.
+    pub fn restart(&mut self, name: &str) -> anyhow::Result<()> {
+        let i = self
+            .processes
+            .iter()
+            .position(|p| p.name == name)
+            .with_context(|| format!("the cluster has no process {name}"))?;
+        let mut p = self.processes.remove(i);
+        if p.child.is_some() {
+            self.processes.insert(i, p);
+            bail!("{name} is running");
+        }
+        let started = self.launch(&mut p);
+        self.processes.insert(i, p);
+        started
+    }
+
+    /// Stops SeaweedFS (SIGTERM); [`LocalCluster::start_weed`] brings it back with its data.
+    pub fn stop_weed(&mut self) {
+        terminate(&mut self.weed.child);
+    }
+
+    /// Starts SeaweedFS again, on the same ports and data.
+    pub fn start_weed(&mut self) -> anyhow::Result<()> {
+        self.weed.launch()
+    }
+
+    /// Writes `cluster.env`: the endpoints, a token and the S3 settings, for `source`.
+    fn write_env(&self) -> anyhow::Result<()> {
+        let mut env = String::from("# The local cluster; `source` this file.\n");
+        let inference: Vec<String> = self
+            .processes
+            .iter()
+            .filter(|p| p.name.starts_with("inference-"))
+            .map(Process::endpoint)
+            .collect();
+        let mut vars = vec![
+            ("GBRAIN_SERVER", self.process("ingest").endpoint()),
+            ("GBRAIN_QUERY", self.process("query").endpoint()),
+            ("GBRAIN_INFERENCE", inference.join(",")),
+            ("GBRAIN_TOKEN", self.admin_token.clone()),
+            ("GBRAIN_CATALOG", self.catalog.clone()),
+            ("GBRAIN_OBJECT_STORE", self.object_store.clone()),
+        ];
+        if self.processes.iter().any(|p| p.name == "coordinator") {
+            vars.push(("GBRAIN_COORDINATOR", self.process("coordinator").endpoint()));
+        }
+        for (k, v) in vars.into_iter().chain(self.weed.aws_env()) {
+            env.push_str(&format!("export {k}='{v}'\n"));
+        }
+        write_private(&self.spec.dir.join("cluster.env"), &env)
+    }
+
+    /// What runs where, for people.
+    pub fn describe(&self) -> String {
+        let mut out = format!(
+            "local cluster in {}\n  catalog: {}\n  objects: {} (SeaweedFS S3 on {})\n",
+            self.spec.dir.display(),
+            redact(&self.catalog),
+            self.object_store,
+            self.weed.s3
+        );
+        for p in &self.processes {
+            out.push_str(&format!(
+                "  {}: gRPC {}, metrics http://{}/metrics, log {}\n",
+                p.name,
+                p.endpoint(),
+                p.http,
+                p.log.display()
+            ));
+        }
+        out.push_str(&format!(
+            "  environment (endpoints, an admin token of tenant '{TENANT}'): source {}\n",
+            self.spec.dir.join("cluster.env").display()
+        ));
+        out
+    }
+
+    /// Stops every process with SIGTERM, the coordinator first and ingest last (so that the
+    /// services that call others go before them), then SeaweedFS.
+    pub fn stop(mut self) -> StopReport {
+        let mut exits = Vec::new();
+        for p in self.processes.iter_mut().rev() {
+            let (status, in_time) = terminate(&mut p.child);
+            exits.push((p.name.clone(), status, in_time));
+        }
+        let (status, in_time) = terminate(&mut self.weed.child);
+        exits.push(("seaweedfs".to_string(), status, in_time));
+        StopReport { exits }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for p in &mut self.processes {
+            if let Some(mut c) = p.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if let Some(mut c) = self.weed.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Weed {
+    fn start(spec: &Spec) -> anyhow::Result<Self> {
+        let names = [
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port",
+            "s3.port.grpc",
+            "admin.port",
+            "admin.port.grpc",
+            "webdav.port",
+        ];
+        let data = spec.dir.join("seaweedfs");
+        std::fs::create_dir_all(&data)?;
+        let mut args: Vec<OsString> = vec![
+            "mini".into(),
+            format!("-dir={}", data.display()).into(),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            "-s3.port.iceberg=0".into(),
+            "-s3.port.lance=0".into(),
+            "-bucket=gbrain".into(),
+        ];
+        let mut s3 = None;
+        for name in names {
+            let addr = free_addr()?;
+            if name == "s3.port" {
+                s3 = Some(addr);
+            }
+            args.push(format!("-{name}={}", addr.port()).into());
+        }
+        // The S3 credentials: kept with the data, so that a restart takes the same ones.
+        let keys = spec.dir.join("s3-credentials");
+        let secret = match std::fs::read_to_string(&keys) {
+            Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+            _ => {
+                let s = gbrain_common::auth::generate_token();
+                write_private(&keys, &s)?;
+                s
+            }
+        };
+        let mut weed = Self {
+            s3: s3.context("no S3 port")?,
+            bucket: "gbrain".into(),
+            access_key: "gbrain-cluster".into(),
+            secret_key: secret,
+            log: spec.dir.join("logs").join("seaweedfs.log"),
+            args,
+            child: None,
+        };
+        weed.program(&spec.weed);
+        weed.launch()?;
+        Ok(weed)
+    }
+
+    /// Remembers the binary as the first argument (launch runs `args[0] args[1..]`).
+    fn program(&mut self, weed: &Path) {
+        self.args.insert(0, weed.into());
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(&self.args[0])
+            .args(&self.args[1..])
+            .env("AWS_ACCESS_KEY_ID", &self.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &self.secret_key)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {:?}", self.args[0]))?;
+        self.child = Some(child);
+        self.wait_for_bucket()
+    }
+
+    fn wait_for_bucket(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                bail!(
+                    "SeaweedFS exited ({status}); its log: {}",
+                    self.log.display()
+                );
+            }
+            if let Ok(mut s) = std::net::TcpStream::connect(self.s3) {
+                let _ = write!(
+                    s,
+                    "HEAD /{} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                    self.bucket, self.s3
+                );
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                // Any answer but "no such bucket" means it is there (403: credentials asked).
+                if out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.1 403") {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "SeaweedFS did not serve bucket {} on {} within {}s; its log: {}",
+            self.bucket,
+            self.s3,
+            START_TIMEOUT.as_secs(),
+            self.log.display()
+        )
+    }
+
+    /// The AWS_* variables the services read.
+    pub fn aws_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ENDPOINT_URL", format!("http://{}", self.s3)),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+}
+
+/// SIGTERM, then up to [`STOP_TIMEOUT`] for the exit; SIGKILL after it.
+fn terminate(child: &mut Option<Child>) -> (Option<ExitStatus>, bool) {
+    let Some(mut c) = child.take() else {
+        return (None, true);
+    };
+    let pid = rustix::process::Pid::from_raw(c.id() as i32);
+    if let Some(pid) = pid {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline {
+        match c.try_wait() {
+            Ok(Some(status)) => return (Some(status), true),
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => break,
+        }
+    }
+    let _ = c.kill();
+    (c.wait().ok(), false)
+}
+
+/// Waits until `addr` accepts connections, failing early when the process exits.
+fn wait_accepting(
+    addr: SocketAddr,
+    child: &mut Option<Child>,
+    name: &str,
+    log: &Path,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Some(c) = child.as_mut()
+            && let Some(status) = c.try_wait()?
+        {
+            bail!("{name} exited ({status}) while starting: {}", tail(log));
+        }
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "{name} did not accept connections on {addr} within {}s: {}",
+        START_TIMEOUT.as_secs(),
+        tail(log)
+    )
+}
+
+/// The last lines of a log, for errors.
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(20);
+    format!("{} ends with:\n{}", log.display(), lines[from..].join("\n"))
+}
+
+/// A loopback address with a port the OS just handed out.
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+/// Creates `database` on the server of `admin_url` when it is missing; returns its URL.
+fn ensure_database(admin_url: &str, database: &str) -> anyhow::Result<String> {
+    if database.is_empty()
+        || !database
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        bail!("--database {database:?}: use letters, digits and underscores");
+    }
+    let url = {
+        let (base, _) = admin_url
+            .rsplit_once('/')
+            .filter(|(b, _)| b.contains("://") && !b.ends_with('/'))
+            .with_context(|| {
+                format!(
+                    "--postgres {}: expected postgres://host/db",
+                    redact(admin_url)
+                )
+            })?;
+        format!("{base}/{database}")
+    };
+    let admin = admin_url.to_string();
+    let name = database.to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&admin)
+            .await
+            .with_context(|| format!("connecting to PostgreSQL at {}", redact(&admin)))?;
+        let exists: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+                .bind(&name)
+                .fetch_optional(&mut c)
+                .await?;
+        if exists.is_none() {
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+                .execute(&mut c)
+                .await
+                .with_context(|| format!("creating database {name}"))?;
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(url)
+}
+
+/// Drops a database the cluster made (tests clean up with it). Connections still open to it
+/// are closed first. Blocks, on a thread of its own (callable from async code too).
+pub fn drop_database(admin_url: &str, database: &str) -> anyhow::Result<()> {
+    let admin = admin_url.to_string();
+    let name = database.to_string();
+    std::thread::spawn(move || drop_database_now(&admin, &name))
+        .join()
+        .map_err(|_| anyhow::anyhow!("dropping the database panicked"))?
+}
+
+fn drop_database_now(admin_url: &str, database: &str) -> anyhow::Result<()> {
+    let admin = admin_url.to_string();
+    let name = database.to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&admin).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+        )))
+        .execute(&mut c)
+        .await?;
+        anyhow::Ok(())
+    })
+}
+
+/// A URL without its password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let user = &url[s + 3..at];
+            match user.split_once(':') {
+                Some((name, _)) => format!("{}{name}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// The cluster's auth file: an admin, a submitter and an analyst of [`TENANT`], stored as
+/// SHA-256 hashes.
+fn write_auth_file(path: &Path, tokens: &[String]) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for (name, token) in ["admin", "submitter", "analyst"].iter().zip(tokens) {
+        text.push_str(&format!(
+            "[[tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\ntenant = \"{TENANT}\"\nroles = [\"{name}\"]\n\n",
+            gbrain_common::auth::hash_token(token)
+        ));
+    }
+    write_private(path, &text)
+}
+
+/// `gbrain local-cluster up`: starts the cluster, writes its pid next to `cluster.env`, and
+/// runs until SIGTERM or SIGINT (or `gbrain local-cluster down`), then stops it cleanly.
+pub async fn up(spec: Spec) -> anyhow::Result<std::process::ExitCode> {
+    let dir = spec.dir.clone();
+    let cluster = tokio::task::spawn_blocking(move || LocalCluster::start(spec)).await??;
+    write_private(&dir.join("cluster.pid"), &std::process::id().to_string())?;
+    print!("{}", cluster.describe());
+    println!(
+        "  stop with Ctrl-C or `gbrain local-cluster down --dir {}`",
+        dir.display()
+    );
+    gbrain_common::server::shutdown_signal().await;
+    println!("stopping the local cluster");
+    let report = tokio::task::spawn_blocking(move || cluster.stop()).await?;
+    let _ = std::fs::remove_file(dir.join("cluster.pid"));
+    print!("{report}");
+    Ok(if report.clean() {
+        println!("stopped cleanly");
+        std::process::ExitCode::SUCCESS
+    } else {
+        println!("some processes did not stop cleanly");
+        std::process::ExitCode::FAILURE
+    })
+}
+
+/// `gbrain local-cluster down`: signals the cluster running from `dir` and waits for it.
+pub fn down(dir: &Path) -> anyhow::Result<std::process::ExitCode> {
+    let file = dir.join("cluster.pid");
+    let pid: i32 = std::fs::read_to_string(&file)
+        .with_context(|| {
+            format!(
+                "no cluster runs from {} ({})",
+                dir.display(),
+                file.display()
+            )
+        })?
+        .trim()
+        .parse()
+        .with_context(|| format!("{} does not hold a pid", file.display()))?;
+    let pid = rustix::process::Pid::from_raw(pid)
+        .with_context(|| format!("{} does not hold a pid", file.display()))?;
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+        .with_context(|| format!("signalling the cluster (pid {})", pid.as_raw_nonzero()))?;
+    // Each process has STOP_TIMEOUT; the cluster removes its pid file when done.
+    let deadline = Instant::now() + STOP_TIMEOUT * 8;
+    while file.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if file.exists() {
+        bail!("the cluster (pid {}) did not stop", pid.as_raw_nonzero());
+    }
+    println!("local cluster stopped");
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_only() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn refuses_database_names_that_are_not_identifiers() {
+        let e = ensure_database("postgres://postgres@127.0.0.1:5432/postgres", "a;b").unwrap_err();
+        assert!(e.to_string().contains("--database"), "{e}");
+    }
+}

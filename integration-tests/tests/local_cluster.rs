@@ -1,0 +1,545 @@
+//! The local cluster (`gbrain local-cluster`, what `cargo xtask local-cluster` runs): every
+//! service its own `gbrain serve` process, the catalog in a PostgreSQL database of its own,
+//! objects on SeaweedFS over S3. Real clients drive it, and it stops cleanly.
+
+use std::process::Command;
+use std::time::Duration;
+
+use gbrain_cli::client::Bearer;
+use gbrain_cli::local_cluster::{LocalCluster, Spec, drop_database};
+use gbrain_common::clap_blocks::ClientArgs;
+use gbrain_integration_tests::tools::{data_dir, gbrain_bin, python};
+use gbrain_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+
+fn weed() -> std::path::PathBuf {
+    std::env::var_os("GBRAIN_WEED")
+        .map(Into::into)
+        .expect("GBRAIN_WEED (SeaweedFS's weed; cargo xtask test sets it)")
+}
+
+/// The server URL of the tests' PostgreSQL, with its database.
+fn postgres_admin() -> String {
+    gbrain_integration_tests::postgres_url()
+}
+
+/// A cluster in a temporary folder with a database of its own (dropped by the guard).
+struct Started {
+    cluster: Option<LocalCluster>,
+    database: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Started {
+    fn new(inference_nodes: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let database = format!("gblc_{}", uuid::Uuid::new_v4().simple());
+        let cluster = LocalCluster::start(Spec {
+            dir: dir.path().to_path_buf(),
+            gbrain: gbrain_bin(),
+            weed: weed(),
+            postgres: postgres_admin(),
+            database: database.clone(),
+            inference_nodes,
+            log_level: "info".into(),
+        })
+        .unwrap_or_else(|e| panic!("the local cluster did not start: {e:#}"));
+        Self {
+            cluster: Some(cluster),
+            database,
+            _dir: dir,
+        }
+    }
+
+    fn get(&self) -> &LocalCluster {
+        self.cluster.as_ref().unwrap()
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        drop(self.cluster.take());
+        let _ = drop_database(&postgres_admin(), &self.database);
+    }
+}
+
+fn client(server: String, token: &str) -> ClientArgs {
+    ClientArgs {
+        server,
+        token: Some(token.to_string()),
+        json: false,
+    }
+}
+
+/// `gbrain <args>` against `server`.
+fn cli(server: &str, token: &str, args: &[&str]) -> std::process::Output {
+    Command::new(gbrain_bin())
+        .args(args)
+        .env("GBRAIN_SERVER", server)
+        .env("GBRAIN_TOKEN", token)
+        .output()
+        .unwrap()
+}
+
+async fn model_ready(endpoint: &str, token: &str, model: &str) -> bool {
+    let Ok(channel) = gbrain_cli::client::connect_channel(endpoint).await else {
+        return false;
+    };
+    let mut kserve =
+        GrpcInferenceServiceClient::with_interceptor(channel, Bearer::new(Some(token)).unwrap());
+    kserve
+        .model_ready(gbrain_proto::inference::ModelReadyRequest {
+            name: model.into(),
+            version: String::new(),
+        })
+        .await
+        .is_ok_and(|r| r.into_inner().ready)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_runs_in_its_own_process_and_the_cluster_stops_cleanly() {
+    let started = tokio::task::spawn_blocking(|| Started::new(2))
+        .await
+        .unwrap();
+    let c = started.get();
+    let ingest = c.process("ingest").endpoint();
+    let query = c.process("query").endpoint();
+
+    // Upload to the ingest process; the recording lands on S3 and in PostgreSQL.
+    let file = data_dir().join("eeg_edf/test_subsecond.edf");
+    let out = cli(
+        &ingest,
+        &c.submitter_token,
+        &["upload", "--json", file.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let uploaded: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(uploaded[0]["samples"], 89344);
+
+    // The query process reads it, through ADBC's Flight SQL driver from PyPI.
+    let addr = query.trim_start_matches("http://").to_string();
+    let token = c.analyst_token.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .args([
+                "-c",
+                "import sys\n\
+                 import adbc_driver_flightsql.dbapi as f\n\
+                 from adbc_driver_flightsql import DatabaseOptions\n\
+                 kw = {DatabaseOptions.AUTHORIZATION_HEADER.value: 'Bearer ' + sys.argv[2]}\n\
+                 with f.connect('grpc://' + sys.argv[1], db_kwargs=kw) as conn:\n\
+                 \x20   cur = conn.cursor()\n\
+                 \x20   cur.execute('SELECT count(*) FROM samples')\n\
+                 \x20   print(cur.fetchone()[0])\n",
+                &addr,
+                &token,
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "89344");
+
+    // A decoder pushed to one inference node is served by both (one repository on S3).
+    let nodes = [
+        c.process("inference-1").endpoint(),
+        c.process("inference-2").endpoint(),
+    ];
+    let (model, _) =
+        gbrain_cli::loop_sim::push_calibrated(&client(nodes[0].clone(), &c.admin_token), 9)
+            .await
+            .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    for node in &nodes {
+        while !model_ready(node, &c.analyst_token, &model).await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{node} never loaded {model}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    // A synthetic subject streams to ingest; the coordinator follows the stream over Tail,
+    // decodes each window on the inference nodes and sends feedback.
+    let report = gbrain_cli::loop_sim::simulate(
+        &client(ingest.clone(), &c.admin_token),
+        &gbrain_cli::loop_sim::Options {
+            sessions: 1,
+            seconds: 12.0,
+            drift: 0.0,
+            seed: 5,
+            model: Some(model.clone()),
+            adaptation: gbrain_proto::coordinator::v1::adaptation::Mode::Unsupervised,
+            rate: 0.01,
+            realtime: false,
+            // Debug builds on a loaded machine.
+            deadline_ms: 5000.0,
+            evolve: None,
+            coordinator: Some(c.process("coordinator").endpoint()),
+        },
+    )
+    .await
+    .unwrap();
+    let windows: u64 = report.sessions.iter().map(|s| s.windows).sum();
+    let errors: u64 = report.sessions.iter().map(|s| s.errors).sum();
+    println!("{}", report.text());
+    assert!(windows > 50, "{windows} windows decoded");
+    assert_eq!(errors, 0, "no window went unanswered");
+
+    // Predictions are stored and queryable next to the samples.
+    let mut flight = gbrain_cli::sql::connect(&client(query.clone(), &c.analyst_token), None)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, batches) =
+            gbrain_cli::sql::collect(&mut flight, "SELECT count(*) FROM predictions")
+                .await
+                .unwrap();
+        let n = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(
+            batches[0].column(0),
+        )
+        .value(0);
+        if n as u64 >= windows {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} predictions stored of {windows}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // The catalog is the cluster's own PostgreSQL database.
+    let catalog = c.catalog.clone();
+    assert!(
+        catalog.ends_with(&format!("/{}", started.database)),
+        "{catalog}"
+    );
+    {
+        use sqlx::Connection;
+        let mut pg = sqlx::PgConnection::connect(&catalog).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM recordings")
+            .fetch_one(&mut pg)
+            .await
+            .unwrap();
+        assert_eq!(n, 2, "the upload and the live stream");
+    }
+
+    // Every process drains and exits 0 on SIGTERM, the coordinator first.
+    let mut started = started;
+    let cluster = started.cluster.take().unwrap();
+    let report = tokio::task::spawn_blocking(move || cluster.stop())
+        .await
+        .unwrap();
+    print!("{report}");
+    assert!(report.clean(), "{report}");
+    let names: Vec<&str> = report.exits.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "coordinator",
+            "inference-2",
+            "inference-1",
+            "query",
+            "ingest",
+            "seaweedfs"
+        ]
+    );
+}
+
+/// A live stream of 8 channels at 250 Hz, 50 samples per chunk.
+mod live {
+    use gbrain_cli::client::Bearer;
+    use gbrain_proto::ingest::v1::ingest_service_client::IngestServiceClient;
+    use gbrain_proto::ingest::v1::{
+        PackedSamples, RecordingMetadata, StreamChannel, StreamChunk, StreamLayout, StreamOpen,
+        StreamOpened, StreamRequest, StreamResponse, stream_chunk, stream_request, stream_response,
+    };
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::Streaming;
+
+    pub const CHANNELS: usize = 8;
+    pub const SAMPLES: usize = 50;
+
+    pub fn layout() -> StreamLayout {
+        StreamLayout {
+            sample_rate: 250.0,
+            channels: (0..CHANNELS)
+                .map(|c| StreamChannel {
+                    label: format!("E{c}"),
+                    r#type: "EEG".into(),
+                    unit: "uV".into(),
+                    resolution: 0.5,
+                })
+                .collect(),
+        }
+    }
+
+    /// Chunk `seq`'s values, sample-major, each a distinct multiple of the resolution.
+    pub fn values(seq: u64) -> Vec<f32> {
+        (0..SAMPLES * CHANNELS)
+            .map(|i| {
+                let (s, c) = (i / CHANNELS, i % CHANNELS);
+                let n = (seq - 1) as usize * SAMPLES + s;
+                (n as f32) * 0.5 - (c as f32) * 1000.0
+            })
+            .collect()
+    }
+
+    pub fn chunk(seq: u64) -> StreamRequest {
+        StreamRequest {
+            kind: Some(stream_request::Kind::Chunk(StreamChunk {
+                seq,
+                data: Some(stream_chunk::Data::Packed(PackedSamples {
+                    values: values(seq),
+                })),
+                source_time_ns: None,
+            })),
+        }
+    }
+
+    pub struct Conn {
+        pub tx: mpsc::Sender<StreamRequest>,
+        pub rx: Streaming<StreamResponse>,
+        pub opened: StreamOpened,
+    }
+
+    /// Opens (or resumes) stream `id` on `endpoint`.
+    pub async fn open(endpoint: &str, token: &str, id: &str, layout: Option<StreamLayout>) -> Conn {
+        let channel = gbrain_cli::client::connect_channel(endpoint).await.unwrap();
+        let mut client =
+            IngestServiceClient::with_interceptor(channel, Bearer::new(Some(token)).unwrap());
+        let (tx, rx) = mpsc::channel(256);
+        tx.send(StreamRequest {
+            kind: Some(stream_request::Kind::Open(StreamOpen {
+                stream_id: id.into(),
+                layout,
+                metadata: Some(RecordingMetadata {
+                    subject: "sub-11".into(),
+                    task: "rest".into(),
+                    ..Default::default()
+                }),
+            })),
+        })
+        .await
+        .unwrap();
+        let mut rx = client
+            .stream(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(StreamResponse {
+            kind: Some(stream_response::Kind::Opened(opened)),
+        }) = rx.message().await.unwrap()
+        else {
+            panic!("expected opened");
+        };
+        Conn { tx, rx, opened }
+    }
+
+    /// The next ack's sequence number, or None when the stream ended.
+    pub async fn ack(rx: &mut Streaming<StreamResponse>) -> Option<u64> {
+        match rx.message().await {
+            Ok(Some(StreamResponse {
+                kind: Some(stream_response::Kind::Ack(a)),
+            })) => {
+                assert_eq!(a.samples, a.seq * SAMPLES as u64);
+                Some(a.seq)
+            }
+            Ok(Some(StreamResponse {
+                kind: Some(stream_response::Kind::Closed(_)),
+            })) => None,
+            Ok(other) => panic!("unexpected response {other:?}"),
+            Err(_) => None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_lose_nothing_acknowledged() {
+    use live::{CHANNELS, SAMPLES};
+    const CHUNKS: u64 = 120;
+    let mut started = tokio::task::spawn_blocking(|| Started::new(0))
+        .await
+        .unwrap();
+    let token = started.get().admin_token.clone();
+    let ingest = started.get().process("ingest").endpoint();
+    let query = started.get().process("query").endpoint();
+
+    // 1. kill -9 the ingest process with chunks in flight, after chunk 30 is acknowledged.
+    let mut conn = live::open(&ingest, &token, "fault-1", Some(live::layout())).await;
+    let recording_id = conn.opened.recording_id.clone();
+    for seq in 1..=40 {
+        conn.tx.send(live::chunk(seq)).await.unwrap();
+    }
+    let mut acked = 0;
+    while acked < 30 {
+        acked = live::ack(&mut conn.rx).await.expect("acks up to 30");
+    }
+    let cluster = started.cluster.as_mut().unwrap();
+    cluster.kill("ingest").unwrap();
+    while let Some(seq) = live::ack(&mut conn.rx).await {
+        acked = seq;
+    }
+    tokio::task::block_in_place(|| cluster.restart("ingest")).unwrap();
+    let mut conn = live::open(&ingest, &token, "fault-1", None).await;
+    assert_eq!(conn.opened.recording_id, recording_id);
+    assert!(
+        conn.opened.last_seq >= acked,
+        "chunk {acked} was acknowledged; the restarted ingest holds up to {}",
+        conn.opened.last_seq
+    );
+    let mut next = conn.opened.last_seq + 1;
+
+    // 2. Stop SeaweedFS for 10 s while the stream goes on and a file is uploaded: acks come
+    // from the log (local disk), flushes wait for S3; the upload is slowed or refused with
+    // Unavailable, never acknowledged and lost.
+    let cluster = started.cluster.as_mut().unwrap();
+    tokio::task::block_in_place(|| cluster.stop_weed());
+    let upload = {
+        let ingest = ingest.clone();
+        let token = token.clone();
+        tokio::task::spawn_blocking(move || {
+            let file = data_dir().join("eeg_edf/test_generator.edf");
+            cli(
+                &ingest,
+                &token,
+                &["upload", "--json", file.to_str().unwrap()],
+            )
+        })
+    };
+    let outage = std::time::Instant::now();
+    while outage.elapsed() < Duration::from_secs(10) && next <= 80 {
+        conn.tx.send(live::chunk(next)).await.unwrap();
+        assert_eq!(live::ack(&mut conn.rx).await, Some(next));
+        next += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(outage.elapsed())).await;
+    let cluster = started.cluster.as_mut().unwrap();
+    tokio::task::block_in_place(|| cluster.start_weed()).unwrap();
+    let upload = upload.await.unwrap();
+    let uploaded = if upload.status.success() {
+        let v: serde_json::Value = serde_json::from_slice(&upload.stdout).unwrap();
+        Some((
+            v[0]["recording_id"].as_str().unwrap().to_string(),
+            v[0]["samples"].as_u64().unwrap(),
+        ))
+    } else {
+        let err = String::from_utf8_lossy(&upload.stderr);
+        assert!(err.contains("Unavailable"), "{err}");
+        None
+    };
+    println!("upload during the object store's outage: {uploaded:?}");
+
+    // 3. Drop every PostgreSQL connection of the cluster: the services reconnect.
+    {
+        use sqlx::Connection;
+        let mut pg = sqlx::PgConnection::connect(&postgres_admin())
+            .await
+            .unwrap();
+        let dropped: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&started.database)
+        .fetch_all(&mut pg)
+        .await
+        .unwrap();
+        assert!(!dropped.is_empty(), "the services hold connections");
+        println!("dropped {} PostgreSQL connections", dropped.len());
+    }
+
+    // The rest of the stream, then close.
+    for seq in next..=CHUNKS {
+        conn.tx.send(live::chunk(seq)).await.unwrap();
+    }
+    for seq in next..=CHUNKS {
+        assert_eq!(live::ack(&mut conn.rx).await, Some(seq));
+    }
+    conn.tx
+        .send(gbrain_proto::ingest::v1::StreamRequest {
+            kind: Some(gbrain_proto::ingest::v1::stream_request::Kind::Close(
+                gbrain_proto::ingest::v1::StreamClose {},
+            )),
+        })
+        .await
+        .unwrap();
+    assert_eq!(live::ack(&mut conn.rx).await, None, "closed");
+
+    // Sample by sample, through the query process: every chunk once, at its values.
+    let total = CHUNKS as usize * SAMPLES;
+    let sql = format!(
+        "SELECT channel_index, sample_index, value FROM samples \
+         WHERE recording_id = '{recording_id}' ORDER BY channel_index, sample_index"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let batch = loop {
+        let got = async {
+            let mut flight = gbrain_cli::sql::connect(&client(query.clone(), &token), None).await?;
+            let (schema, batches) = gbrain_cli::sql::collect(&mut flight, &sql).await?;
+            anyhow::Ok(arrow::compute::concat_batches(&schema, &batches)?)
+        }
+        .await;
+        match got {
+            Ok(b) if b.num_rows() == total * CHANNELS => break b,
+            Ok(b) => assert!(b.num_rows() < total * CHANNELS, "{} rows", b.num_rows()),
+            // The query process's first catalog call after the drop may fail once.
+            Err(e) => println!("query: {e:#}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the samples never became queryable"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    use arrow::array::AsArray;
+    use arrow::datatypes::{DataType, Float64Type, Int64Type};
+    let channel = arrow::compute::cast(batch.column(0), &DataType::Int64).unwrap();
+    let channel = channel.as_primitive::<Int64Type>();
+    let index = batch.column(1).as_primitive::<Int64Type>();
+    let value = batch.column(2).as_primitive::<Float64Type>();
+    for row in 0..batch.num_rows() {
+        let (c, n) = (row / total, row % total);
+        assert_eq!(channel.value(row), c as i64);
+        assert_eq!(
+            index.value(row),
+            n as i64,
+            "channel {c}: no gap, no duplicate"
+        );
+        let (seq, s) = (n / SAMPLES + 1, n % SAMPLES);
+        let want = f64::from(live::values(seq as u64)[s * CHANNELS + c]);
+        assert_eq!(value.value(row), want, "channel {c} sample {n}");
+    }
+    // What the upload acknowledged is there too.
+    if let Some((id, samples)) = uploaded {
+        let mut flight = gbrain_cli::sql::connect(&client(query.clone(), &token), None)
+            .await
+            .unwrap();
+        let (_, batches) = gbrain_cli::sql::collect(
+            &mut flight,
+            &format!("SELECT count(*) FROM samples WHERE recording_id = '{id}'"),
+        )
+        .await
+        .unwrap();
+        let n = batches[0].column(0).as_primitive::<Int64Type>().value(0);
+        assert_eq!(n as u64, samples);
+    }
+    let cluster = started.cluster.take().unwrap();
+    let report = tokio::task::spawn_blocking(move || cluster.stop())
+        .await
+        .unwrap();
+    assert!(report.clean(), "{report}");
+}
