@@ -293,6 +293,7 @@ impl Sandbox {
         format!("{scheme}://{}", self.addr)
     }
 
+    /// A plaintext channel; a sandbox with TLS needs `ClientTls::endpoint` instead.
     pub async fn channel(&self) -> tonic::transport::Channel {
         tonic::transport::Endpoint::from_shared(self.endpoint())
             .expect("endpoint")
