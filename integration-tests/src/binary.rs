@@ -161,3 +161,13 @@ impl Server {
         let _ = self.child.wait();
     }
 }
+
+/// A server the test did not stop (it panicked, or dropped it) does not outlive the test.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -619,5 +619,8 @@ async fn a_coordinator_process_decodes_over_mutual_tls() {
         status.success(),
         "the coordinator stops cleanly: {status:?}"
     );
-    drop(up);
+    let status = tokio::task::spawn_blocking(move || up.stop())
+        .await
+        .unwrap();
+    assert!(status.success(), "gbrain up stops cleanly: {status:?}");
 }
