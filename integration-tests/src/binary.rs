@@ -13,6 +13,8 @@ pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     pub http: SocketAddr,
+    /// The plaintext health port (`--health-listen`), when it has one.
+    pub health: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub token: String,
@@ -52,10 +54,17 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let mut addrs = None;
+        let mut health = None;
         for line in lines.by_ref() {
             let line = line.expect("stdout line");
             // "embedded cluster: gRPC on 127.0.0.1:X, metrics on http://127.0.0.1:Y/metrics"
+            // (", health on 127.0.0.1:Z" with --health-listen)
             if let Some(rest) = line.split("gRPC on ").nth(1) {
+                health = rest
+                    .split("health on ")
+                    .nth(1)
+                    .and_then(|h| h.split([',', ' ']).next())
+                    .map(|h| h.parse().expect("health addr"));
                 let grpc = rest
                     .split(',')
                     .next()
@@ -82,6 +91,7 @@ impl Server {
             child,
             addr,
             http,
+            health,
             data_dir: data_dir.to_path_buf(),
             log: log.to_path_buf(),
             token: String::new(),
@@ -102,6 +112,11 @@ impl Server {
 
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The endpoint when the gRPC port speaks TLS.
+    pub fn https_endpoint(&self) -> String {
+        format!("https://{}", self.addr)
     }
 
     /// Runs a client command of the same binary against this server, with the dev token.
@@ -144,5 +159,15 @@ impl Server {
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A server the test did not stop (it panicked, or dropped it) does not outlive the test.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }

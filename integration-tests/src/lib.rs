@@ -5,6 +5,7 @@ pub mod binary;
 pub mod faults;
 pub mod files;
 pub mod fusion;
+pub mod pki;
 pub mod tools;
 
 use std::net::SocketAddr;
@@ -81,6 +82,12 @@ pub struct Options {
     pub inference: bool,
     /// How often inference polls the model repository; None: at start and on request only.
     pub model_poll: Option<Duration>,
+    /// TLS of the gRPC port; None: plaintext.
+    pub tls: Option<gbrain_common::tls::ServerTls>,
+    /// What the embedded coordinator trusts and presents when the port speaks TLS.
+    pub coordinator_tls: gbrain_common::tls::ClientTls,
+    /// Also serve grpc.health.v1 alone, in plaintext, on a port of its own.
+    pub health_port: bool,
 }
 
 impl Default for Options {
@@ -100,6 +107,9 @@ impl Default for Options {
             clock: Arc::new(SystemClock),
             inference: gbrain_inference::runtime::library_path(None).is_some(),
             model_poll: None,
+            tls: None,
+            coordinator_tls: gbrain_common::tls::ClientTls::default(),
+            health_port: false,
         }
     }
 }
@@ -108,6 +118,10 @@ impl Default for Options {
 pub struct Sandbox {
     pub addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The plaintext health port, when asked for.
+    pub health_addr: Option<SocketAddr>,
+    /// Whether the gRPC port speaks TLS.
+    pub tls: bool,
     pub dir: tempfile::TempDir,
     pub ingest: Arc<Ingest>,
     pub query: Query,
@@ -202,12 +216,24 @@ impl Sandbox {
         let http = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
+        let health = match options.health_port {
+            true => Some(
+                tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind"),
+            ),
+            false => None,
+        };
         let addr = grpc.local_addr().expect("addr");
         let http_addr = http.local_addr().expect("addr");
+        let health_addr = health.as_ref().map(|h| h.local_addr().expect("addr"));
+        let tls = options.tls.is_some();
+        let scheme = if tls { "https" } else { "http" };
         let coordinator = inference.as_ref().map(|_| {
             gbrain_coordinator::Coordinator::embedded(
                 &ingest,
-                vec![format!("http://{addr}")],
+                vec![format!("{scheme}://{addr}")],
+                options.coordinator_tls.clone(),
                 Arc::new(SystemClock),
                 gbrain_coordinator::CoordinatorMetrics::register(&mut registry),
             )
@@ -226,6 +252,8 @@ impl Sandbox {
             Listeners {
                 grpc,
                 http: Some(http),
+                health,
+                tls: options.tls,
             },
             shutdown.clone(),
             Duration::ZERO,
@@ -233,6 +261,8 @@ impl Sandbox {
         let sandbox = Self {
             addr,
             http_addr,
+            health_addr,
+            tls,
             dir,
             ingest,
             query,
@@ -257,10 +287,13 @@ impl Sandbox {
         panic!("sandbox did not start");
     }
 
+    /// `http://ADDR`, or `https://ADDR` when the port speaks TLS.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
+    /// A plaintext channel; a sandbox with TLS needs `ClientTls::endpoint` instead.
     pub async fn channel(&self) -> tonic::transport::Channel {
         tonic::transport::Endpoint::from_shared(self.endpoint())
             .expect("endpoint")
@@ -291,6 +324,7 @@ impl Sandbox {
             server: self.endpoint(),
             token: Some(token.to_string()),
             json: false,
+            tls: Default::default(),
         };
         gbrain_cli::sql::connect(&args, snapshot)
             .await

@@ -63,6 +63,7 @@ async fn a_synthetic_subject_is_decoded_window_by_window_with_feedback() {
         server: sb.endpoint(),
         token: Some(gbrain_integration_tests::ADMIN_TOKEN.to_string()),
         json: false,
+        tls: Default::default(),
     })
     .await
     .unwrap();

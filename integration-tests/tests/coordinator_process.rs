@@ -59,6 +59,7 @@ async fn a_coordinator_of_its_own_follows_streams_over_tail_and_stores_its_rows(
         server: up.endpoint(),
         token: Some(ADMIN_TOKEN.to_string()),
         json: false,
+        tls: Default::default(),
     };
     let report = loop_sim::simulate(
         &admin,

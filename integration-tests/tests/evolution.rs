@@ -31,6 +31,7 @@ async fn refits_go_through_shadow_and_canary_to_promotion_with_their_lineage() {
         server: sb.endpoint(),
         token: Some(ADMIN_TOKEN.to_string()),
         json: false,
+        tls: Default::default(),
     };
 
     // Evolving a model pushes versions: the operator role only, and clear errors.

@@ -16,6 +16,7 @@ async fn adbc_and_pyarrow_query_the_service() {
         server: sb.endpoint(),
         token: Some(ANALYST_TOKEN.into()),
         json: false,
+        tls: Default::default(),
     })
     .await
     .unwrap();

@@ -61,6 +61,7 @@ async fn push_path(
         server: sb.endpoint(),
         token: Some(token.to_string()),
         json: false,
+        tls: Default::default(),
     })
     .await
     .unwrap();
@@ -402,6 +403,7 @@ async fn bad_input_gets_the_field_and_the_reason() {
         server: sb.endpoint(),
         token: Some(ADMIN_TOKEN.into()),
         json: false,
+        tls: Default::default(),
     })
     .await
     .unwrap();

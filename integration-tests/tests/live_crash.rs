@@ -152,6 +152,7 @@ async fn stored(server: &Server, recording_id: &str, samples: usize) -> RecordBa
         server: server.endpoint(),
         token: Some(server.token.clone()),
         json: false,
+        tls: Default::default(),
     };
     let sql = format!(
         "SELECT channel_index, sample_index, value FROM samples \

@@ -89,6 +89,7 @@ async fn a_killed_inference_node_leaves_no_window_unanswered() {
         server: n1.endpoint(),
         token: Some(ADMIN_TOKEN.into()),
         json: false,
+        tls: Default::default(),
     })
     .await
     .unwrap();

@@ -157,6 +157,7 @@ async fn only_reads_run_and_only_for_analysts() {
             server: sb.endpoint(),
             token: None,
             json: false,
+            tls: Default::default(),
         },
         None,
     )
@@ -274,6 +275,7 @@ async fn snapshots_keep_their_answers_after_later_ingest() {
         server: sb.endpoint(),
         token: Some(ANALYST_TOKEN.into()),
         json: false,
+        tls: Default::default(),
     })
     .await
     .unwrap();

@@ -1,7 +1,8 @@
 //! `cargo xtask deploy-check`: the operations artifacts checked by the tools operators use on
 //! them, fetched from package registries into the cache (`$GBRAIN_CACHE`) at pinned versions.
 //!
-//! - `helm/globalbrain`: `helm lint --strict` with the default values and each file of `ci/`;
+//! - `helm/globalbrain`: `helm lint --strict` with the default values and each file of `ci/`
+//!   (GPU, HPA, KEDA, live streams with Ballista, mutual TLS);
 //!   `helm template` of each, validated by kubernetes-validate `--strict` against the schemas of
 //!   the oldest and newest Kubernetes it carries, with the objects each set of values must (and
 //!   must not) render; and values the schema must refuse.
@@ -71,7 +72,36 @@ const SCENARIOS: &[Scenario] = &[
             // Large byte counts stay integers (not 4.294967296e+09, which clap refuses).
             "value: \"4294967296\"",
         ],
-        absent: &["nvidia.com/gpu", "e+09", "ballista", "GBRAIN_WAL_DIR"],
+        absent: &[
+            "nvidia.com/gpu",
+            "e+09",
+            "ballista",
+            "GBRAIN_WAL_DIR",
+            "GBRAIN_TLS",
+            "GBRAIN_HEALTH_LISTEN",
+            "https://",
+        ],
+    },
+    Scenario {
+        name: "mutual tls",
+        values: Some("tls-values.yaml"),
+        kinds: &CORE,
+        contains: &[
+            "name: GBRAIN_TLS_CERT",
+            "value: \"/etc/gbrain/tls/tls.crt\"",
+            "name: GBRAIN_TLS_CLIENT_CA",
+            "value: \"/etc/gbrain/tls/ca.crt\"",
+            "name: GBRAIN_TLS_CLIENT_CERT",
+            "value: \"0.0.0.0:50052\"",
+            "secretName: globalbrain-tls",
+            "mountPath: /etc/gbrain/tls",
+            "containerPort: 50052",
+            // The probes ask the plaintext health port, never the TLS port.
+            "grpc: { port: 50052, service: inference.GRPCInferenceService }",
+            "value: \"https://gb-ingest:50051\"",
+            "value: \"dns+https://gb-inference-pods:50051\"",
+        ],
+        absent: &["grpc: { port: 50051", "http://gb-ingest", "\"dns://"],
     },
     Scenario {
         name: "gpu",
@@ -148,6 +178,8 @@ const REFUSED: &[(&str, &str)] = &[
     ),
     ("objectStore.existingSecret=", "objectStore.existingSecret"),
     ("ingest.replica=3", "replica"),
+    ("tls.enabled=true,tls.existingSecret=", "tls.existingSecret"),
+    ("tls.healthPort=50051", "tls.healthPort"),
 ];
 
 struct Tools {

@@ -48,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         server: endpoint,
         token: Some(TOKEN.to_string()),
         json: false,
+        tls: Default::default(),
     };
     // The subjects run on their own runtime, so that their work does not queue behind the
     // cluster's on the same threads (both share this machine's cores all the same).
@@ -170,6 +171,7 @@ async fn start(
     let coordinator = gbrain_coordinator::Coordinator::embedded(
         &ingest,
         vec![endpoint.clone()],
+        gbrain_common::tls::ClientTls::default(),
         clock,
         gbrain_coordinator::CoordinatorMetrics::register(&mut registry),
     )?;
@@ -183,7 +185,7 @@ async fn start(
         },
         auth,
         registry,
-        Listeners { grpc, http: None },
+        Listeners::grpc(grpc),
         shutdown.clone(),
         Duration::ZERO,
     ));

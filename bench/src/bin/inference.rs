@@ -415,8 +415,7 @@ async fn main() -> anyhow::Result<()> {
             auth,
             drain_delay: Duration::ZERO,
         },
-        grpc,
-        None,
+        gbrain_common::server::Listeners::grpc(grpc),
         shutdown.clone(),
     ));
     let mut c = clients(&ours, Some(TOKEN), 1).await?.remove(0);

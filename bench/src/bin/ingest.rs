@@ -130,7 +130,7 @@ async fn grpc_once(path: &Path, work: &Path, run: usize) -> anyhow::Result<f64> 
         Arc::clone(&ingest),
         auth,
         registry,
-        gbrain_ingest::Listeners { grpc, http: None },
+        gbrain_ingest::Listeners::grpc(grpc),
         shutdown.clone(),
         std::time::Duration::ZERO,
     ));
@@ -138,6 +138,7 @@ async fn grpc_once(path: &Path, work: &Path, run: usize) -> anyhow::Result<f64> 
         server: format!("http://{addr}"),
         token: Some(token.into()),
         json: true,
+        tls: Default::default(),
     };
     let mut client = gbrain_cli::client::ingest(&args).await?;
     let start = Instant::now();

@@ -376,7 +376,11 @@ async fn main() -> anyhow::Result<()> {
         auth: Arc::new(Authenticator::from_file(&auth_file)?),
         drain_delay: Duration::ZERO,
     };
-    let server = tokio::spawn(gbrain_query::run(config, listener, None, shutdown.clone()));
+    let server = tokio::spawn(gbrain_query::run(
+        config,
+        gbrain_common::server::Listeners::grpc(listener),
+        shutdown.clone(),
+    ));
 
     let (engine, seq) = open_engine(&ds.data).await?;
     let (_, first) = engine
@@ -410,6 +414,7 @@ async fn main() -> anyhow::Result<()> {
             server: format!("http://{addr}"),
             token: Some(TOKEN.to_string()),
             json: false,
+            tls: Default::default(),
         },
         None,
     )

@@ -68,8 +68,7 @@ pub async fn serve_cluster(
         auth,
         metrics: grpc_metrics,
         registry: Arc::new(registry),
-        grpc_listener: listeners.grpc,
-        http_listener: listeners.http,
+        listeners,
         shutdown,
         drain_delay,
     })

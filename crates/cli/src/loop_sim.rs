@@ -420,7 +420,7 @@ pub async fn simulate(args: &ClientArgs, opts: &Options) -> anyhow::Result<Repor
         }
     };
     let mut looping = LoopServiceClient::with_interceptor(
-        connect_channel(opts.coordinator.as_ref().unwrap_or(&args.server)).await?,
+        connect_channel(opts.coordinator.as_ref().unwrap_or(&args.server), &args.tls).await?,
         Bearer::new(args.token.as_deref())?,
     );
     if let Some(policy) = &opts.evolve {
@@ -502,7 +502,7 @@ async fn one_session(
         ..SubjectConfig::default()
     })?;
     let rate = subject.sample_rate();
-    let channel = connect_channel(&args.server).await?;
+    let channel = connect_channel(&args.server, &args.tls).await?;
     let bearer = Bearer::new(args.token.as_deref())?;
     let mut ingest =
         gbrain_proto::ingest::v1::ingest_service_client::IngestServiceClient::with_interceptor(
@@ -510,7 +510,7 @@ async fn one_session(
             bearer.clone(),
         );
     let looping_channel = match &opts.coordinator {
-        Some(c) => connect_channel(c).await?,
+        Some(c) => connect_channel(c, &args.tls).await?,
         None => channel,
     };
     let mut looping = LoopServiceClient::with_interceptor(looping_channel, bearer);

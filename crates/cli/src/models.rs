@@ -12,7 +12,7 @@ use gbrain_proto::models::v1::{
 };
 use serde_json::json;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::client::{Bearer, status};
 
@@ -22,11 +22,7 @@ pub type Models = ModelRepositoryServiceClient<InterceptedService<Channel, Beare
 const CHUNK_BYTES: usize = 1 << 20;
 
 pub async fn connect(args: &ClientArgs) -> anyhow::Result<Models> {
-    let channel = Endpoint::from_shared(args.server.clone())
-        .with_context(|| format!("invalid server address {:?}", args.server))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach {}", args.server))?;
+    let channel = crate::client::connect_channel(&args.server, &args.tls).await?;
     Ok(ModelRepositoryServiceClient::with_interceptor(
         channel,
         Bearer::new(args.token.as_deref())?,

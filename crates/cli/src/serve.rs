@@ -10,13 +10,15 @@ use gbrain_catalog::Catalog;
 use gbrain_cli::output::write_private;
 use gbrain_common::auth::{Authenticator, generate_token};
 use gbrain_common::clap_blocks::{
-    AuthArgs, CoordinatorArgs, CoordinatorServeArgs, InferenceArgs, InferenceServeArgs, IngestArgs,
-    IngestServeArgs, LogArgs, QueryArgs, QueryServeArgs, ServerArgs,
+    AuthArgs, ClientTlsArgs, CoordinatorArgs, CoordinatorServeArgs, InferenceArgs,
+    InferenceServeArgs, IngestArgs, IngestServeArgs, LogArgs, QueryArgs, QueryServeArgs,
+    ServerArgs,
 };
 use gbrain_common::clock::{Clock, SystemClock};
-use gbrain_common::server::{bind, cancel_on_signal, start_process};
+use gbrain_common::server::{Listeners, bind, cancel_on_signal, describe, start_process};
 use gbrain_common::tenant::TenantId;
-use gbrain_ingest::{Ingest, IngestConfig, IngestDeps, IngestMetrics, Listeners, ServeConfig};
+use gbrain_common::tls::ClientTls;
+use gbrain_ingest::{Ingest, IngestConfig, IngestDeps, IngestMetrics, ServeConfig};
 use gbrain_query::{Query, QueryConfig, QueryDeps, QueryMetrics};
 use prometheus_client::registry::Registry;
 
@@ -45,6 +47,10 @@ pub struct UpArgs {
     pub inference: InferenceArgs,
     #[command(flatten)]
     pub coordinator: CoordinatorArgs,
+    /// TLS of the coordinator's connections to the inference service (with TLS on, to this
+    /// process's own gRPC port: --tls-ca must verify its certificate for its address).
+    #[command(flatten)]
+    pub client_tls: ClientTlsArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -58,6 +64,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         query,
         inference,
         coordinator: coordinator_args,
+        client_tls,
         log,
     } = args;
     gbrain_common::telemetry::init(log.log_format, std::env::var("RUST_LOG").ok().as_deref());
@@ -66,6 +73,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let data_dir = data_dir
         .canonicalize()
         .with_context(|| format!("resolving {}", data_dir.display()))?;
+    // TLS files are checked before anything is opened.
+    let client_tls = ClientTls::from_args(&client_tls)?;
+    let listeners = bind(&server).await?;
     let authenticator = match &auth.auth_file {
         Some(path) => Authenticator::from_file(path)?,
         None => {
@@ -131,30 +141,30 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             );
             None
         };
-    let (grpc, http) = bind(&server).await?;
     // The coordinator decodes on the nodes named, or on this process's inference service,
     // over gRPC like any node.
     let endpoints = match (&inference, coordinator_args.inference_endpoints.is_empty()) {
-        (_, false) => coordinator_args.inference_endpoints.clone(),
-        (Some(_), true) => vec![format!("http://{}", grpc.local_addr()?)],
-        (None, true) => Vec::new(),
+        (_, false) => Ok(coordinator_args.inference_endpoints.clone()),
+        (Some(_), true) => own_endpoint(&listeners, &client_tls),
+        (None, true) => Err("no inference service to decode on".to_string()),
     };
-    let coordinator = if endpoints.is_empty() {
-        println!("coordinator: off: no inference service to decode on");
-        None
-    } else {
-        Some(gbrain_coordinator::Coordinator::embedded(
+    let coordinator = match endpoints {
+        Ok(endpoints) => Some(gbrain_coordinator::Coordinator::embedded(
             &ingest,
             endpoints,
+            client_tls,
             Arc::new(SystemClock),
             gbrain_coordinator::CoordinatorMetrics::register(&mut registry),
-        )?)
+        )?),
+        Err(why) => {
+            println!("coordinator: off: {why}");
+            None
+        }
     };
     println!(
-        "embedded cluster: gRPC on {}, metrics on http://{}/metrics (ingest, Flight SQL, \
-         snapshots and KServe v2 inference share the gRPC port)",
-        grpc.local_addr()?,
-        http.local_addr()?
+        "embedded cluster: {} (ingest, Flight SQL, snapshots and KServe v2 inference share \
+         the gRPC port)",
+        describe(&listeners)?
     );
     serve_cluster(
         Services {
@@ -165,10 +175,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         },
         auth,
         registry,
-        Listeners {
-            grpc,
-            http: Some(http),
-        },
+        listeners,
         cancel_on_signal(),
         Duration::from_secs(server.drain_seconds),
     )
@@ -176,18 +183,41 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The endpoint of this process's own gRPC port for its coordinator: over a loopback address
+/// when it listens on every address, and over TLS when the port speaks it, which needs the CA
+/// to verify the port's certificate with (and a client certificate, when the port asks).
+fn own_endpoint(listeners: &Listeners, tls: &ClientTls) -> Result<Vec<String>, String> {
+    let mut addr = listeners.grpc.local_addr().map_err(|e| e.to_string())?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    match &listeners.tls {
+        None => Ok(vec![format!("http://{addr}")]),
+        Some(_) if !tls.has_ca() => Err(format!(
+            "the gRPC port speaks TLS and no --tls-ca (GBRAIN_TLS_CA) was given to verify its \
+             certificate (for {}) with; or name the nodes with --inference-endpoints",
+            addr.ip()
+        )),
+        Some(server) if server.mutual() && !tls.has_identity() => Err(
+            "the gRPC port requires client certificates and no --tls-client-cert \
+             (GBRAIN_TLS_CLIENT_CERT) was given to present"
+                .to_string(),
+        ),
+        Some(_) => Ok(vec![format!("https://{addr}")]),
+    }
+}
+
 /// The ingest service as its own process.
 pub async fn ingest(args: IngestServeArgs) -> anyhow::Result<ExitCode> {
     let auth = start_process(&args.log, &args.auth)?;
     let aws = gbrain_storage::store::aws_options(std::env::vars());
     let config = ServeConfig::from_args(&args, auth, aws);
-    let (grpc, http) = bind(&args.server).await?;
-    println!(
-        "ingest: gRPC on {}, metrics on http://{}/metrics",
-        grpc.local_addr()?,
-        http.local_addr()?
-    );
-    gbrain_ingest::run(config, grpc, Some(http), cancel_on_signal()).await?;
+    let listeners = bind(&args.server).await?;
+    println!("ingest: {}", describe(&listeners)?);
+    gbrain_ingest::run(config, listeners, cancel_on_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -196,13 +226,12 @@ pub async fn query(args: QueryServeArgs) -> anyhow::Result<ExitCode> {
     let auth = start_process(&args.log, &args.auth)?;
     let aws = gbrain_storage::store::aws_options(std::env::vars());
     let config = gbrain_query::ServeConfig::from_args(&args, auth, aws);
-    let (grpc, http) = bind(&args.server).await?;
+    let listeners = bind(&args.server).await?;
     println!(
-        "query: gRPC on {}, metrics on http://{}/metrics (Flight SQL and snapshots)",
-        grpc.local_addr()?,
-        http.local_addr()?
+        "query: {} (Flight SQL and snapshots)",
+        describe(&listeners)?
     );
-    gbrain_query::run(config, grpc, Some(http), cancel_on_signal()).await?;
+    gbrain_query::run(config, listeners, cancel_on_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -211,13 +240,12 @@ pub async fn inference(args: InferenceServeArgs) -> anyhow::Result<ExitCode> {
     let auth = start_process(&args.log, &args.auth)?;
     let aws = gbrain_storage::store::aws_options(std::env::vars());
     let config = gbrain_inference::ServeConfig::from_args(&args, auth, aws);
-    let (grpc, http) = bind(&args.server).await?;
+    let listeners = bind(&args.server).await?;
     println!(
-        "inference: gRPC on {}, metrics on http://{}/metrics (KServe v2 and the model repository)",
-        grpc.local_addr()?,
-        http.local_addr()?
+        "inference: {} (KServe v2 and the model repository)",
+        describe(&listeners)?
     );
-    gbrain_inference::run(config, grpc, Some(http), cancel_on_signal()).await?;
+    gbrain_inference::run(config, listeners, cancel_on_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -225,16 +253,16 @@ pub async fn inference(args: InferenceServeArgs) -> anyhow::Result<ExitCode> {
 pub async fn coordinator(args: CoordinatorServeArgs) -> anyhow::Result<ExitCode> {
     let auth = start_process(&args.log, &args.auth)?;
     let aws = gbrain_storage::store::aws_options(std::env::vars());
-    let config = gbrain_coordinator::ServeConfig::from_args(&args, auth, aws);
-    let (grpc, http) = bind(&args.server).await?;
+    let tls = ClientTls::from_args(&args.client_tls)?;
+    let config = gbrain_coordinator::ServeConfig::from_args(&args, auth, aws, tls);
+    let listeners = bind(&args.server).await?;
     println!(
-        "coordinator: gRPC on {}, metrics on http://{}/metrics (streams from {}, decoding on {})",
-        grpc.local_addr()?,
-        http.local_addr()?,
+        "coordinator: {} (streams from {}, decoding on {})",
+        describe(&listeners)?,
         args.ingest_endpoint,
         args.coordinator.inference_endpoints.join(", ")
     );
-    gbrain_coordinator::run(config, grpc, Some(http), cancel_on_signal())
+    gbrain_coordinator::run(config, listeners, cancel_on_signal())
         .await
         .map_err(anyhow::Error::msg)?;
     Ok(ExitCode::SUCCESS)

@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use gbrain_common::clap_blocks::ClientArgs;
 use gbrain_proto::query::v1::snapshot_service_client::SnapshotServiceClient;
 use gbrain_proto::query::v1::{
@@ -10,18 +9,14 @@ use gbrain_proto::query::v1::{
 };
 use serde_json::json;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::client::{Bearer, status};
 
 pub type Snapshots = SnapshotServiceClient<InterceptedService<Channel, Bearer>>;
 
 pub async fn connect(args: &ClientArgs) -> anyhow::Result<Snapshots> {
-    let channel = Endpoint::from_shared(args.server.clone())
-        .with_context(|| format!("invalid server address {:?}", args.server))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach {}", args.server))?;
+    let channel = crate::client::connect_channel(&args.server, &args.tls).await?;
     Ok(SnapshotServiceClient::with_interceptor(
         channel,
         Bearer::new(args.token.as_deref())?,

@@ -16,7 +16,7 @@ use gbrain_common::clap_blocks::ClientArgs;
 use prost::Message;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::client::{Bearer, status};
 
@@ -52,14 +52,7 @@ pub async fn connect(args: &ClientArgs, snapshot: Option<&str>) -> anyhow::Resul
             .map(|s| s.parse().context("the snapshot name must be ASCII"))
             .transpose()?,
     };
-    let channel = Endpoint::from_shared(args.server.clone())
-        .with_context(|| format!("invalid server address {:?}", args.server))?
-        .initial_stream_window_size(gbrain_common::server::STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(gbrain_common::server::CONNECTION_WINDOW_BYTES)
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach {}", args.server))?;
+    let channel = crate::client::connect_channel(&args.server, &args.tls).await?;
     Ok(FlightServiceClient::with_interceptor(channel, headers)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20))

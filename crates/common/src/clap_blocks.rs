@@ -19,6 +19,61 @@ pub struct ServerArgs {
     /// load balancers stop sending work first.
     #[arg(long, env = "GBRAIN_DRAIN_SECONDS", default_value_t = 0)]
     pub drain_seconds: u64,
+
+    /// Address of a second gRPC listener, always plaintext and without a token, that serves
+    /// only grpc.health.v1 (the same statuses as the main port): for Kubernetes' gRPC probes,
+    /// which cannot speak TLS. Off by default.
+    #[arg(long, env = "GBRAIN_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
+}
+
+/// TLS on a server's gRPC port. Without a certificate the port is plaintext.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServerTlsArgs {
+    /// PEM certificate chain the gRPC port presents (the server's certificate first); with
+    /// --tls-key it turns TLS on.
+    #[arg(long, env = "GBRAIN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "GBRAIN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): clients must present a certificate one of them signed (mutual
+    /// TLS). Needs --tls-cert and --tls-key.
+    #[arg(long, env = "GBRAIN_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+/// TLS of a client's connections: to `https://` endpoints (the CLI's, and a coordinator's to
+/// ingest and inference nodes). `http://` endpoints stay plaintext.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClientTlsArgs {
+    /// PEM CA certificate(s) to verify `https://` servers with (default: the system's roots).
+    #[arg(long, env = "GBRAIN_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+
+    /// PEM certificate chain presented to servers that require client certificates (mutual
+    /// TLS); with --tls-client-key.
+    #[arg(
+        long,
+        env = "GBRAIN_TLS_CLIENT_CERT",
+        global = true,
+        requires = "tls_client_key"
+    )]
+    pub tls_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-client-cert.
+    #[arg(
+        long,
+        env = "GBRAIN_TLS_CLIENT_KEY",
+        global = true,
+        requires = "tls_client_cert"
+    )]
+    pub tls_client_key: Option<PathBuf>,
 }
 
 /// Who may call.
@@ -126,6 +181,9 @@ pub struct ClientArgs {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 }
 
 /// Everything `gbrain serve query` and `gbrain-query` take.
@@ -181,7 +239,9 @@ pub struct InferenceArgs {
 pub struct CoordinatorArgs {
     /// Inference nodes the coordinator decodes on, comma-separated: `http://host:port` for a
     /// node, `dns://host:port` for every address of a name, resolved again every 5 s (a
-    /// headless Service). In `gbrain up` the default is the cluster's own inference service.
+    /// headless Service); `https://host:port` and `dns+https://host:port` are the same over
+    /// TLS (a resolved address's certificate is verified for the name). In `gbrain up` the
+    /// default is the cluster's own inference service.
     #[arg(long, env = "GBRAIN_INFERENCE_ENDPOINTS", value_delimiter = ',')]
     pub inference_endpoints: Vec<String>,
 }
@@ -198,11 +258,15 @@ pub struct CoordinatorServeArgs {
     pub catalog: CatalogArgs,
     #[command(flatten)]
     pub store: ObjectStoreArgs,
-    /// The ingest service whose live streams sessions follow (`http://host:port`).
+    /// The ingest service whose live streams sessions follow (`http://host:port`, or
+    /// `https://host:port` over TLS).
     #[arg(long, env = "GBRAIN_INGEST_ENDPOINT")]
     pub ingest_endpoint: String,
     #[command(flatten)]
     pub coordinator: CoordinatorArgs,
+    /// TLS of the connections to ingest and the inference nodes.
+    #[command(flatten)]
+    pub client_tls: ClientTlsArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }

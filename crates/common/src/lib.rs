@@ -5,6 +5,7 @@
 //! - [`tenant`]: tenant names and their per-tenant policies.
 //! - [`clap_blocks`]: command-line and environment configuration shared by the binaries.
 //! - [`server`]: serving gRPC with health, reflection, metrics and graceful shutdown.
+//! - [`tls`]: TLS and mutual TLS of the gRPC servers and their clients.
 //! - [`metrics`]: request metrics for the Prometheus endpoint.
 //! - [`clock`]: time as an injected dependency.
 //! - [`executor`]: dedicated runtimes for CPU-heavy work, background ones at a lower priority.
@@ -21,5 +22,6 @@ pub mod metrics;
 pub mod server;
 pub mod telemetry;
 pub mod tenant;
+pub mod tls;
 
 pub use error::{Error, Result};

@@ -1,5 +1,6 @@
 //! Serving gRPC: the services, plus health, reflection, metrics and authentication, with
-//! graceful shutdown; and the HTTP endpoint for Prometheus.
+//! graceful shutdown; TLS or mutual TLS when configured, with a plaintext port for health
+//! probes; and the HTTP endpoint for Prometheus.
 //!
 //! Shutdown runs in the order operators rely on: every health status goes to NOT_SERVING, the
 //! drain delay passes so that load balancers stop sending work, then the listener closes and
@@ -17,6 +18,7 @@ use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::auth::{AuthLayer, Authenticator};
 use crate::metrics::{GrpcMetrics, MetricsLayer};
+use crate::tls::ServerTls;
 use crate::{Error, Result};
 
 /// Largest gRPC message a server decodes. Upload chunks are far smaller; sidecars ride in the
@@ -43,10 +45,35 @@ pub struct ServeArgs {
     pub auth: Arc<Authenticator>,
     pub metrics: GrpcMetrics,
     pub registry: Arc<Registry>,
-    pub grpc_listener: TcpListener,
-    pub http_listener: Option<TcpListener>,
+    pub listeners: Listeners,
     pub shutdown: CancellationToken,
     pub drain_delay: Duration,
+}
+
+/// Where a server listens, and how its gRPC port speaks.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The services, health and reflection.
+    pub grpc: TcpListener,
+    /// `/metrics` and `/healthz`.
+    pub http: Option<TcpListener>,
+    /// `grpc.health.v1` alone, in plaintext and without a token, for probes that cannot speak
+    /// TLS (Kubernetes' gRPC probes). It reports what the gRPC port reports.
+    pub health: Option<TcpListener>,
+    /// TLS of the gRPC port; None: plaintext.
+    pub tls: Option<ServerTls>,
+}
+
+impl Listeners {
+    /// A plaintext gRPC port and nothing else.
+    pub fn grpc(grpc: TcpListener) -> Self {
+        Self {
+            grpc,
+            http: None,
+            health: None,
+            tls: None,
+        }
+    }
 }
 
 /// Serves until `shutdown` is cancelled, then drains.
@@ -60,11 +87,16 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         auth,
         metrics,
         registry,
-        grpc_listener,
-        http_listener,
+        listeners,
         shutdown,
         drain_delay,
     } = args;
+    let Listeners {
+        grpc: grpc_listener,
+        http: http_listener,
+        health: health_listener,
+        tls,
+    } = listeners;
 
     for name in &service_names {
         health
@@ -103,11 +135,49 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let mut known = crate::metrics::method_paths(&all_sets);
     known.extend(extra_method_paths);
 
+    // TLS first: a configuration that does not build fails before anything is spawned.
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        builder = builder.tls_config(tls.config())?;
+    }
+
     let http = http_listener
         .map(|listener| tokio::spawn(serve_http(listener, registry, shutdown.clone())));
 
+    // The plaintext health port answers until the main server has stopped, so that probes
+    // see NOT_SERVING through the drain.
+    let health_stop = CancellationToken::new();
+    let health_port = match health_listener {
+        Some(listener) => {
+            tracing::info!(
+                addr = %listener.local_addr()?,
+                "grpc health listening (plaintext, grpc.health.v1 only)"
+            );
+            let service = tonic_health::pb::health_server::HealthServer::new(
+                HealthService::from_health_reporter(health.clone()),
+            );
+            let stop = health_stop.clone();
+            Some(tokio::spawn(async move {
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(listener)
+                            .with_nodelay(Some(true)),
+                        stop.cancelled_owned(),
+                    )
+                    .await
+            }))
+        }
+        None => None,
+    };
+
     let local = grpc_listener.local_addr()?;
-    tracing::info!(addr = %local, services = ?service_names, "grpc server listening");
+    tracing::info!(
+        addr = %local,
+        services = ?service_names,
+        tls = tls.as_ref().map_or("off", ServerTls::mode),
+        "grpc server listening"
+    );
     let signal = {
         let shutdown = shutdown.clone();
         let health = health.clone();
@@ -126,7 +196,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             tracing::info!("closing the listener and draining in-flight calls");
         }
     };
-    tonic::transport::Server::builder()
+    let served = builder
         // Uploads stream gigabytes: HTTP/2's default 64 KiB windows would cap them at one
         // window per round trip.
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
@@ -140,7 +210,16 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             signal,
         )
-        .await?;
+        .await;
+    health_stop.cancel();
+    if let Some(port) = health_port {
+        match port.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "grpc health port failed"),
+            Err(e) => tracing::warn!(error = %e, "grpc health port panicked"),
+        }
+    }
+    served?;
     if let Some(http) = http {
         // The HTTP server stops on the same token; a panic there is not worth a second one.
         let _ = http.await;
@@ -210,15 +289,51 @@ pub fn start_process(
     Ok(auth)
 }
 
-/// Binds the gRPC and HTTP listeners of a server process.
-pub async fn bind(server: &crate::clap_blocks::ServerArgs) -> Result<(TcpListener, TcpListener)> {
+/// Binds the listeners of a server process (gRPC, HTTP, and the plaintext health port when
+/// asked for), with the gRPC port's TLS loaded from the files the flags name.
+pub async fn bind(server: &crate::clap_blocks::ServerArgs) -> Result<Listeners> {
+    let tls = ServerTls::from_args(&server.tls)?;
     let grpc = TcpListener::bind(server.listen)
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {} for gRPC: {e}", server.listen)))?;
     let http = TcpListener::bind(server.http)
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {} for HTTP: {e}", server.http)))?;
-    Ok((grpc, http))
+    let health =
+        match server.health_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                Error::Config(format!("cannot listen on {addr} for gRPC health: {e}"))
+            })?),
+            None => None,
+        };
+    Ok(Listeners {
+        grpc,
+        http: Some(http),
+        health,
+        tls,
+    })
+}
+
+/// How a process reports its listeners on stdout, which tests and scripts read: `gRPC on
+/// ADDR, metrics on http://ADDR/metrics`, then `, health on ADDR` and `, TLS` or
+/// `, mutual TLS` when they apply.
+pub fn describe(listeners: &Listeners) -> Result<String> {
+    let mut text = format!("gRPC on {}", listeners.grpc.local_addr()?);
+    if let Some(http) = &listeners.http {
+        text.push_str(&format!(
+            ", metrics on http://{}/metrics",
+            http.local_addr()?
+        ));
+    }
+    if let Some(health) = &listeners.health {
+        text.push_str(&format!(", health on {}", health.local_addr()?));
+    }
+    match &listeners.tls {
+        Some(tls) if tls.mutual() => text.push_str(", mutual TLS"),
+        Some(_) => text.push_str(", TLS"),
+        None => {}
+    }
+    Ok(text)
 }
 
 /// A token cancelled on SIGTERM or SIGINT, for binaries.

@@ -38,7 +38,8 @@ imagePullSecrets:
 {{/*
 Environment shared by every service: the listeners, logs, auth file, catalog and object store.
 Each is a flag of `gbrain serve <role>` read from its GBRAIN_* variable; S3 settings are the
-AWS_* variables the object store reads.
+AWS_* variables the object store reads. With tls.enabled the gRPC port speaks TLS (mutual with
+tls.mutual) and grpc.health.v1 alone is served in plaintext on tls.healthPort, for the probes.
 */}}
 {{- define "globalbrain.serverEnv" -}}
 - name: GBRAIN_LISTEN
@@ -49,6 +50,43 @@ AWS_* variables the object store reads.
   value: {{ .Values.logFormat | quote }}
 - name: GBRAIN_AUTH_FILE
   value: /etc/gbrain/auth/{{ .Values.auth.key }}
+{{- with .Values.tls }}
+{{- if .enabled }}
+- name: GBRAIN_TLS_CERT
+  value: {{ printf "/etc/gbrain/tls/%s" .certKey | quote }}
+- name: GBRAIN_TLS_KEY
+  value: {{ printf "/etc/gbrain/tls/%s" .keyKey | quote }}
+{{- if .mutual }}
+- name: GBRAIN_TLS_CLIENT_CA
+  value: {{ printf "/etc/gbrain/tls/%s" .caKey | quote }}
+{{- end }}
+- name: GBRAIN_HEALTH_LISTEN
+  value: {{ printf "0.0.0.0:%d" (int .healthPort) | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+A client's TLS (with tls.enabled), for the coordinator's connections to ingest and the
+inference nodes: it trusts the CA of the Secret and, under mutual TLS, presents the pod's own
+certificate (which must allow client authentication).
+*/}}
+{{- define "globalbrain.clientTlsEnv" -}}
+{{- with .Values.tls -}}
+- name: GBRAIN_TLS_CA
+  value: {{ printf "/etc/gbrain/tls/%s" .caKey | quote }}
+{{- if .mutual }}
+- name: GBRAIN_TLS_CLIENT_CERT
+  value: {{ printf "/etc/gbrain/tls/%s" .certKey | quote }}
+- name: GBRAIN_TLS_CLIENT_KEY
+  value: {{ printf "/etc/gbrain/tls/%s" .keyKey | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The scheme of the services' gRPC endpoints: https:// with TLS. */}}
+{{- define "globalbrain.grpcScheme" -}}
+{{- if .Values.tls.enabled }}https{{ else }}http{{ end -}}
 {{- end -}}
 
 {{- define "globalbrain.catalogEnv" -}}
@@ -82,35 +120,54 @@ AWS_* variables the object store reads.
       key: {{ .Values.objectStore.secretAccessKeyKey }}
 {{- end -}}
 
-{{/* The auth file's volume and mount: a directory, not a subPath, so that an updated Secret reaches the file and the services reload it. */}}
-{{- define "globalbrain.authVolume" -}}
+{{/*
+The Secrets mounted in every service: the auth file and, with tls.enabled, the certificate,
+key and CA. Directories, not subPaths, so that an updated Secret reaches the files (the
+services reload the auth file; a new certificate takes a restart).
+*/}}
+{{- define "globalbrain.volumes" -}}
 - name: auth
   secret:
     secretName: {{ .Values.auth.existingSecret }}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ .Values.tls.existingSecret }}
+{{- end }}
 {{- end -}}
 
-{{- define "globalbrain.authMount" -}}
+{{- define "globalbrain.volumeMounts" -}}
 - { name: auth, mountPath: /etc/gbrain/auth, readOnly: true }
+{{- if .Values.tls.enabled }}
+- { name: tls, mountPath: /etc/gbrain/tls, readOnly: true }
+{{- end }}
 {{- end -}}
 
 {{- define "globalbrain.ports" -}}
 - { name: grpc, containerPort: 50051 }
 - { name: metrics, containerPort: 8080 }
+{{- if .Values.tls.enabled }}
+- { name: health, containerPort: {{ int .Values.tls.healthPort }} }
+{{- end }}
 {{- end -}}
 
 {{/*
-Native gRPC probes (grpc.health.v1.Health on the gRPC port, Kubernetes 1.24 and later):
-(dict "ready" "<service SERVING once the pod takes work>" "live" "<service>"); a missing name
-means the server's overall status ("").
+Native gRPC probes (grpc.health.v1.Health, Kubernetes 1.24 and later):
+(dict "root" $ "ready" "<service SERVING once the pod takes work>" "live" "<service>"); a
+missing name means the server's overall status ("").
+They ask the gRPC port, or with tls.enabled the plaintext health port, which reports the same
+statuses: the kubelet's gRPC probes speak neither TLS nor mutual TLS.
 Every service reports NOT_SERVING from SIGTERM on, so readiness drops before the listener
 closes; the kubelet stops liveness probes of a terminating pod.
 */}}
 {{- define "globalbrain.probes" -}}
+{{- $port := 50051 }}
+{{- if .root.Values.tls.enabled }}{{ $port = int .root.Values.tls.healthPort }}{{ end -}}
 readinessProbe:
-  grpc: { port: 50051{{ with .ready }}, service: {{ . }}{{ end }} }
+  grpc: { port: {{ $port }}{{ with .ready }}, service: {{ . }}{{ end }} }
   periodSeconds: 5
 livenessProbe:
-  grpc: { port: 50051{{ with .live }}, service: {{ . }}{{ end }} }
+  grpc: { port: {{ $port }}{{ with .live }}, service: {{ . }}{{ end }} }
   periodSeconds: 10
   failureThreshold: 3
 {{- end -}}

@@ -5,12 +5,13 @@
 
 use std::sync::Arc;
 
+use gbrain_common::tls::ClientTls;
 use gbrain_ingest::live::{Layout, LiveChunk, Subscription, TAIL_CHUNKS};
 use gbrain_proto::ingest::v1::ingest_service_client::IngestServiceClient;
 use gbrain_proto::ingest::v1::{TailRequest, TailResponse, tail_response};
 use tokio::sync::{broadcast, mpsc};
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::{Error, Result};
 
@@ -121,10 +122,12 @@ pub struct RemoteStreams {
 }
 
 impl RemoteStreams {
-    /// Connects lazily to the ingest service at `endpoint` (`http://host:port`).
-    pub fn new(endpoint: &str) -> Result<Self> {
-        let channel = Endpoint::from_shared(endpoint.to_string())
-            .map_err(|e| Error::invalid("ingest_endpoint", format!("{endpoint}: {e}")))?
+    /// Connects lazily to the ingest service at `endpoint` (`http://host:port`, or
+    /// `https://host:port` with `tls`).
+    pub fn new(endpoint: &str, tls: &ClientTls) -> Result<Self> {
+        let channel = tls
+            .endpoint(endpoint)
+            .map_err(|e| Error::invalid("ingest_endpoint", e.to_string()))?
             .connect_timeout(std::time::Duration::from_secs(2))
             .tcp_nodelay(true)
             .connect_lazy();

@@ -2,7 +2,9 @@
 //!
 //! Nodes are a list of endpoints: `http://host:port` for one node, or `dns://host:port` for
 //! every address a name resolves to (a Kubernetes headless Service, say), resolved again every
-//! [`RESOLVE_EVERY`] so that nodes that come and go are found. Requests go round-robin over the
+//! [`RESOLVE_EVERY`] so that nodes that come and go are found. `https://host:port` and
+//! `dns+https://host:port` are the same over TLS; the certificate of an address resolved from
+//! a name is verified for the name, which is what a certificate for a Service carries. Requests go round-robin over the
 //! nodes not ejected; a node that fails with a transport error, Unavailable, ResourceExhausted
 //! or the per-try timeout is ejected for [`EJECT_FOR`] and the window is tried on the next
 //! node, until its deadline. An error that is the request's own (the model is missing, the
@@ -13,10 +15,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use gbrain_common::tls::ClientTls;
 use gbrain_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use gbrain_proto::inference::{ModelInferRequest, model_infer_request};
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::{Error, Result};
 
@@ -33,9 +36,12 @@ struct Node {
 }
 
 impl Node {
-    fn new(endpoint: &str) -> Result<Arc<Self>> {
-        let channel = Endpoint::from_shared(endpoint.to_string())
-            .map_err(|err| Error::invalid("inference", format!("{endpoint}: {err}")))?
+    /// A node at `endpoint`, whose certificate names `server_name` when it is an address
+    /// resolved from that name.
+    fn new(endpoint: &str, server_name: Option<&str>, tls: &ClientTls) -> Result<Arc<Self>> {
+        let channel = tls
+            .endpoint_for(endpoint, server_name)
+            .map_err(|err| Error::invalid("inference", err.to_string()))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .connect_lazy();
@@ -63,12 +69,33 @@ pub struct Inferred {
     pub node: String,
 }
 
+/// A `dns://` or `dns+https://` name.
+#[derive(Debug, Clone, PartialEq)]
+struct Name {
+    host: String,
+    port: u16,
+    tls: bool,
+}
+
+impl Name {
+    /// The node endpoint of one of the name's addresses, with the name its certificate
+    /// carries (over TLS).
+    fn node(&self, addr: std::net::SocketAddr) -> (String, Option<String>) {
+        if self.tls {
+            (format!("https://{addr}"), Some(self.host.clone()))
+        } else {
+            (format!("http://{addr}"), None)
+        }
+    }
+}
+
 /// The inference nodes.
 pub struct Pool {
-    /// `http://` endpoints, as given.
+    /// `http://` and `https://` endpoints, as given.
     fixed: Vec<String>,
-    /// `dns://` names: (host, port).
-    names: Vec<(String, u16)>,
+    /// `dns://` and `dns+https://` names.
+    names: Vec<Name>,
+    tls: ClientTls,
     nodes: RwLock<Arc<Vec<Arc<Node>>>>,
     resolved_at: Mutex<Instant>,
     resolving: AtomicBool,
@@ -104,15 +131,19 @@ fn retryable(status: &tonic::Status) -> bool {
     )
 }
 
-/// `dns://host:port` as (host, port).
-fn dns_name(endpoint: &str) -> Result<Option<(String, u16)>> {
-    let Some(rest) = endpoint.strip_prefix("dns://") else {
+/// `dns://host:port` or `dns+https://host:port` as a [`Name`].
+fn dns_name(endpoint: &str) -> Result<Option<Name>> {
+    let (rest, tls) = if let Some(rest) = endpoint.strip_prefix("dns://") {
+        (rest, false)
+    } else if let Some(rest) = endpoint.strip_prefix("dns+https://") {
+        (rest, true)
+    } else {
         return Ok(None);
     };
     let bad = || {
         Error::invalid(
             "inference",
-            format!("{endpoint}: a dns:// endpoint is dns://host:port"),
+            format!("{endpoint}: a dns:// endpoint is dns://host:port (or dns+https://host:port)"),
         )
     };
     let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
@@ -120,17 +151,18 @@ fn dns_name(endpoint: &str) -> Result<Option<(String, u16)>> {
     if host.is_empty() {
         return Err(bad());
     }
-    Ok(Some((host.to_string(), port)))
-}
-
-fn endpoint_of(addr: std::net::SocketAddr) -> String {
-    format!("http://{addr}")
+    Ok(Some(Name {
+        host: host.to_string(),
+        port,
+        tls,
+    }))
 }
 
 impl Pool {
     /// Connects lazily to each endpoint (`http://host:port`, or `dns://host:port` for every
-    /// address the name has, resolved now and again every [`RESOLVE_EVERY`]).
-    pub fn new(endpoints: &[String]) -> Result<Self> {
+    /// address the name has, resolved now and again every [`RESOLVE_EVERY`]; `https://` and
+    /// `dns+https://` over TLS, with `tls`).
+    pub fn new(endpoints: &[String], tls: ClientTls) -> Result<Self> {
         if endpoints.is_empty() {
             return Err(Error::invalid(
                 "inference",
@@ -146,24 +178,26 @@ impl Pool {
             }
         }
         // The first resolution blocks, once, at start; later ones run in the background.
-        let mut all = fixed.clone();
-        for (host, port) in &names {
-            match std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), *port)) {
-                Ok(addrs) => all.extend(addrs.map(endpoint_of)),
+        let mut all: Vec<(String, Option<String>)> =
+            fixed.iter().map(|e| (e.clone(), None)).collect();
+        for name in &names {
+            match std::net::ToSocketAddrs::to_socket_addrs(&(name.host.as_str(), name.port)) {
+                Ok(addrs) => all.extend(addrs.map(|a| name.node(a))),
                 Err(e) => {
-                    tracing::warn!(host = %host, error = %e, "inference name not resolved yet")
+                    tracing::warn!(host = %name.host, error = %e, "inference name not resolved yet")
                 }
             }
         }
         all.sort();
-        all.dedup();
+        all.dedup_by(|a, b| a.0 == b.0);
         let nodes = all
             .iter()
-            .map(|e| Node::new(e))
+            .map(|(e, server_name)| Node::new(e, server_name.as_deref(), &tls))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             fixed,
             names,
+            tls,
             nodes: RwLock::new(Arc::new(nodes)),
             resolved_at: Mutex::new(Instant::now()),
             resolving: AtomicBool::new(false),
@@ -187,13 +221,14 @@ impl Pool {
             return;
         }
         let current = self.nodes();
-        let mut wanted: Vec<String> = self.fixed.clone();
-        for (host, port) in &self.names {
-            match tokio::net::lookup_host((host.as_str(), *port)).await {
-                Ok(addrs) => wanted.extend(addrs.map(endpoint_of)),
+        let mut wanted: Vec<(String, Option<String>)> =
+            self.fixed.iter().map(|e| (e.clone(), None)).collect();
+        for name in &self.names {
+            match tokio::net::lookup_host((name.host.as_str(), name.port)).await {
+                Ok(addrs) => wanted.extend(addrs.map(|a| name.node(a))),
                 Err(e) => {
-                    tracing::warn!(host = %host, error = %e, "inference name not resolved; keeping its nodes");
-                    let prefix_port = format!(":{port}");
+                    tracing::warn!(host = %name.host, error = %e, "inference name not resolved; keeping its nodes");
+                    let prefix_port = format!(":{}", name.port);
                     wanted.extend(
                         current
                             .iter()
@@ -201,23 +236,24 @@ impl Pool {
                                 !self.fixed.contains(&n.endpoint)
                                     && n.endpoint.ends_with(&prefix_port)
                             })
-                            .map(|n| n.endpoint.clone()),
+                            .map(|n| (n.endpoint.clone(), None)),
                     );
                 }
             }
         }
         wanted.sort();
-        wanted.dedup();
+        wanted.dedup_by(|a, b| a.0 == b.0);
         let nodes: Vec<Arc<Node>> = wanted
             .iter()
-            .filter_map(|e| {
+            .filter_map(|(e, server_name)| {
                 current
                     .iter()
                     .find(|n| &n.endpoint == e)
                     .cloned()
-                    .or_else(|| Node::new(e).ok())
+                    .or_else(|| Node::new(e, server_name.as_deref(), &self.tls).ok())
             })
             .collect();
+        let wanted: Vec<String> = wanted.into_iter().map(|(e, _)| e).collect();
         let before: Vec<&str> = current.iter().map(|n| n.endpoint.as_str()).collect();
         if before != wanted.iter().map(String::as_str).collect::<Vec<_>>() {
             tracing::info!(nodes = ?wanted, "inference nodes changed");
@@ -363,9 +399,18 @@ mod tests {
 
     #[test]
     fn endpoints_are_checked() {
-        assert!(Pool::new(&[]).is_err());
-        for bad in ["dns://nohost", "dns://:80", "dns://h:port"] {
-            assert!(Pool::new(&[bad.to_string()]).is_err(), "{bad}");
+        assert!(Pool::new(&[], ClientTls::default()).is_err());
+        for bad in [
+            "dns://nohost",
+            "dns://:80",
+            "dns://h:port",
+            "dns+https://nohost",
+            "not a url",
+        ] {
+            assert!(
+                Pool::new(&[bad.to_string()], ClientTls::default()).is_err(),
+                "{bad}"
+            );
         }
     }
 
@@ -374,10 +419,13 @@ mod tests {
     #[tokio::test]
     async fn dns_names_resolve_to_a_node_per_address() {
         let pool = Arc::new(
-            Pool::new(&[
-                "dns://localhost:7001".to_string(),
-                "http://10.0.0.9:8001".to_string(),
-            ])
+            Pool::new(
+                &[
+                    "dns://localhost:7001".to_string(),
+                    "http://10.0.0.9:8001".to_string(),
+                ],
+                ClientTls::default(),
+            )
             .unwrap(),
         );
         let endpoints = pool.endpoints();
@@ -396,5 +444,51 @@ mod tests {
             "a node that stays is kept"
         );
         assert!(!after[0].healthy(Instant::now()), "with its ejection");
+    }
+
+    /// A `dns+https://` name resolves to `https://` nodes, verified for the name; the
+    /// nodes that a failed lookup keeps stay as they were.
+    #[tokio::test]
+    async fn dns_https_names_resolve_to_tls_nodes() {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca.self_signed(&ca_key).unwrap().pem();
+        let tls = ClientTls::from_pem(Some(ca.as_bytes()), None).unwrap();
+        let pool = Pool::new(
+            &[
+                "dns+https://localhost:7002".to_string(),
+                "https://10.0.0.9:8002".to_string(),
+            ],
+            tls,
+        )
+        .unwrap();
+        let endpoints = pool.endpoints();
+        assert!(
+            endpoints.contains(&"https://127.0.0.1:7002".to_string()),
+            "{endpoints:?}"
+        );
+        assert!(endpoints.contains(&"https://10.0.0.9:8002".to_string()));
+        assert!(endpoints.iter().all(|e| e.starts_with("https://")));
+        assert_eq!(
+            dns_name("dns+https://gb-inference-pods:50051").unwrap(),
+            Some(Name {
+                host: "gb-inference-pods".into(),
+                port: 50051,
+                tls: true
+            })
+        );
+        assert_eq!(
+            Name {
+                host: "gb-inference-pods".into(),
+                port: 50051,
+                tls: true
+            }
+            .node("10.1.2.3:50051".parse().unwrap()),
+            (
+                "https://10.1.2.3:50051".to_string(),
+                Some("gb-inference-pods".to_string())
+            )
+        );
     }
 }

@@ -36,6 +36,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use gbrain_common::clock::Clock;
+use gbrain_common::tls::ClientTls;
 use gbrain_proto::coordinator::v1 as pb;
 
 pub use error::{Error, Result};
@@ -68,8 +69,10 @@ pub struct Coordinator {
 pub struct CoordinatorDeps {
     pub source: Arc<dyn SampleSource>,
     pub records: records::Records,
-    /// The inference nodes' endpoints (`http://host:port`).
+    /// The inference nodes' endpoints (`http://host:port`; see [`kserve::Pool::new`]).
     pub inference: Vec<String>,
+    /// TLS of the connections to `https://` inference nodes.
+    pub tls: ClientTls,
     pub clock: Arc<dyn Clock>,
     pub metrics: CoordinatorMetrics,
 }
@@ -79,7 +82,7 @@ impl Coordinator {
         Ok(Arc::new(Self {
             source: deps.source,
             records: deps.records,
-            pool: Arc::new(kserve::Pool::new(&deps.inference)?),
+            pool: Arc::new(kserve::Pool::new(&deps.inference, deps.tls)?),
             clock: deps.clock,
             metrics: deps.metrics,
             sessions: Mutex::new(HashMap::new()),
@@ -88,10 +91,11 @@ impl Coordinator {
     }
 
     /// A coordinator in the same process as its ingest node: its streams, its catalog and
-    /// object store.
+    /// object store. It reaches the inference nodes over gRPC, with `tls` for `https://` ones.
     pub fn embedded(
         ingest: &Arc<gbrain_ingest::Ingest>,
         inference: Vec<String>,
+        tls: ClientTls,
         clock: Arc<dyn Clock>,
         metrics: CoordinatorMetrics,
     ) -> Result<Arc<Self>> {
@@ -103,6 +107,7 @@ impl Coordinator {
                 Arc::clone(&clock),
             ),
             inference,
+            tls,
             clock,
             metrics,
         })
@@ -257,6 +262,8 @@ pub struct ServeConfig {
     pub object_store_options: Vec<(String, String)>,
     pub ingest_endpoint: String,
     pub inference_endpoints: Vec<String>,
+    /// TLS of the connections to ingest and the inference nodes (`https://` endpoints).
+    pub tls: ClientTls,
     pub auth: Arc<gbrain_common::auth::Authenticator>,
     pub drain_delay: std::time::Duration,
 }
@@ -266,6 +273,7 @@ impl ServeConfig {
         args: &gbrain_common::clap_blocks::CoordinatorServeArgs,
         auth: Arc<gbrain_common::auth::Authenticator>,
         object_store_options: Vec<(String, String)>,
+        tls: ClientTls,
     ) -> Self {
         Self {
             catalog_url: args.catalog.catalog.clone(),
@@ -273,6 +281,7 @@ impl ServeConfig {
             object_store_options,
             ingest_endpoint: args.ingest_endpoint.clone(),
             inference_endpoints: args.coordinator.inference_endpoints.clone(),
+            tls,
             auth,
             drain_delay: std::time::Duration::from_secs(args.server.drain_seconds),
         }
@@ -284,8 +293,7 @@ impl ServeConfig {
 /// the catalog and object store the other services share.
 pub async fn run(
     config: ServeConfig,
-    grpc: tokio::net::TcpListener,
-    http: Option<tokio::net::TcpListener>,
+    listeners: gbrain_common::server::Listeners,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::result::Result<(), String> {
     let catalog = gbrain_catalog::Catalog::connect(&config.catalog_url)
@@ -296,9 +304,12 @@ pub async fn run(
     let clock: Arc<dyn Clock> = Arc::new(gbrain_common::clock::SystemClock);
     let mut registry = prometheus_client::registry::Registry::default();
     let coordinator = Coordinator::new(CoordinatorDeps {
-        source: Arc::new(RemoteStreams::new(&config.ingest_endpoint).map_err(|e| e.to_string())?),
+        source: Arc::new(
+            RemoteStreams::new(&config.ingest_endpoint, &config.tls).map_err(|e| e.to_string())?,
+        ),
         records: records::Records::new(catalog.clone(), store, Arc::clone(&clock)),
         inference: config.inference_endpoints,
+        tls: config.tls,
         clock,
         metrics: CoordinatorMetrics::register(&mut registry),
     })
@@ -320,8 +331,7 @@ pub async fn run(
         auth: config.auth,
         metrics: grpc_metrics,
         registry: Arc::new(registry),
-        grpc_listener: grpc,
-        http_listener: http,
+        listeners,
         shutdown,
         drain_delay: config.drain_delay,
     })

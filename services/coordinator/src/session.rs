@@ -1086,7 +1086,13 @@ mod tests {
         ));
         let mut feedback = session.subscribe();
         // No inference node answers: every window gets its error, which is enough here.
-        let pool = Arc::new(Pool::new(&["http://127.0.0.1:1".to_string()]).unwrap());
+        let pool = Arc::new(
+            Pool::new(
+                &["http://127.0.0.1:1".to_string()],
+                gbrain_common::tls::ClientTls::default(),
+            )
+            .unwrap(),
+        );
         let running = tokio::spawn(run(Arc::clone(&session), feed, pool, clock));
         tx.send(Ok(chunk(1, 0, 300))).await.unwrap();
         tx.send(Err(5)).await.unwrap();

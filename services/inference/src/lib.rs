@@ -27,10 +27,9 @@ use std::time::Duration;
 use gbrain_common::auth::Authenticator;
 use gbrain_common::clap_blocks::{InferenceArgs, InferenceServeArgs};
 use gbrain_common::metrics::GrpcMetrics;
-use gbrain_common::server::{ServeArgs, serve};
+use gbrain_common::server::{Listeners, ServeArgs, serve};
 use object_store::ObjectStore;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
@@ -185,8 +184,7 @@ impl ServeConfig {
 /// Serves inference until `shutdown`.
 pub async fn run(
     config: ServeConfig,
-    grpc: TcpListener,
-    http: Option<TcpListener>,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let store: Arc<dyn ObjectStore> =
@@ -211,8 +209,7 @@ pub async fn run(
         auth: config.auth,
         metrics: grpc_metrics,
         registry: Arc::new(registry),
-        grpc_listener: grpc,
-        http_listener: http,
+        listeners,
         shutdown,
         drain_delay: config.drain_delay,
     })

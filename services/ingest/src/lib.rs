@@ -35,12 +35,12 @@ use gbrain_catalog::Catalog;
 use gbrain_common::auth::Authenticator;
 use gbrain_common::clock::{Clock, SystemClock};
 use gbrain_common::metrics::GrpcMetrics;
+pub use gbrain_common::server::Listeners;
 use gbrain_common::server::{ServeArgs, serve};
 use gbrain_proto::ingest::v1::ingest_service_server::IngestServiceServer;
 use gbrain_storage::staging::Staging;
 use object_store::ObjectStore;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -273,12 +273,11 @@ impl ServeConfig {
     }
 }
 
-/// Runs the ingest service until `shutdown`: opens the store and catalog, serves gRPC on
-/// `grpc` and metrics on `http`, and collects garbage in the background.
+/// Runs the ingest service until `shutdown`: opens the store and catalog, serves gRPC and
+/// metrics on `listeners`, and collects garbage in the background.
 pub async fn run(
     config: ServeConfig,
-    grpc: TcpListener,
-    http: Option<TcpListener>,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let store =
@@ -301,7 +300,7 @@ pub async fn run(
         ingest,
         config.auth,
         registry,
-        Listeners { grpc, http },
+        listeners,
         shutdown,
         config.drain_delay,
     )
@@ -340,12 +339,6 @@ pub fn spawn_live_flusher(
     }))
 }
 
-#[derive(Debug)]
-pub struct Listeners {
-    pub grpc: TcpListener,
-    pub http: Option<TcpListener>,
-}
-
 /// Serves a built [`Ingest`] until `shutdown`, with garbage collection in the background.
 /// `registry` holds the ingest metrics; the gRPC request metrics are added here.
 pub async fn serve_ingest(
@@ -368,8 +361,7 @@ pub async fn serve_ingest(
         auth,
         metrics: grpc_metrics,
         registry: Arc::new(registry),
-        grpc_listener: listeners.grpc,
-        http_listener: listeners.http,
+        listeners,
         shutdown,
         drain_delay,
     })

@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
     let auth = start_process(&args.log, &args.auth)?;
     let aws = gbrain_storage::store::aws_options(std::env::vars());
     let config = ServeConfig::from_args(&args, auth, aws);
-    let (grpc, http) = bind(&args.server).await?;
-    gbrain_ingest::run(config, grpc, Some(http), cancel_on_signal()).await?;
+    let listeners = bind(&args.server).await?;
+    gbrain_ingest::run(config, listeners, cancel_on_signal()).await?;
     Ok(())
 }

@@ -26,11 +26,10 @@ use gbrain_common::auth::Authenticator;
 use gbrain_common::clap_blocks::QueryServeArgs;
 use gbrain_common::clock::{Clock, SystemClock};
 use gbrain_common::metrics::GrpcMetrics;
-use gbrain_common::server::{ServeArgs, serve};
+use gbrain_common::server::{Listeners, ServeArgs, serve};
 use gbrain_proto::query::v1::snapshot_service_server::SnapshotServiceServer;
 use object_store::ObjectStore;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use engine::{QueryConfig, QueryDeps, QueryEngine, QueryLimits, QueryStream};
@@ -138,8 +137,7 @@ impl ServeConfig {
 /// Serves queries until `shutdown`.
 pub async fn run(
     config: ServeConfig,
-    grpc: TcpListener,
-    http: Option<TcpListener>,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let store: Arc<dyn ObjectStore> =
@@ -168,8 +166,7 @@ pub async fn run(
         auth: config.auth,
         metrics: grpc_metrics,
         registry: Arc::new(registry),
-        grpc_listener: grpc,
-        http_listener: http,
+        listeners,
         shutdown,
         drain_delay: config.drain_delay,
     })
