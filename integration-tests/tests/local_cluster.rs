@@ -67,6 +67,7 @@ fn client(server: String, token: &str) -> ClientArgs {
         server,
         token: Some(token.to_string()),
         json: false,
+        tls: Default::default(),
     }
 }
 
@@ -81,7 +82,8 @@ fn cli(server: &str, token: &str, args: &[&str]) -> std::process::Output {
 }
 
 async fn model_ready(endpoint: &str, token: &str, model: &str) -> bool {
-    let Ok(channel) = gbrain_cli::client::connect_channel(endpoint).await else {
+    let Ok(channel) = gbrain_cli::client::connect_channel(endpoint, &Default::default()).await
+    else {
         return false;
     };
     let mut kserve =
@@ -318,7 +320,9 @@ mod live {
 
     /// Opens (or resumes) stream `id` on `endpoint`.
     pub async fn open(endpoint: &str, token: &str, id: &str, layout: Option<StreamLayout>) -> Conn {
-        let channel = gbrain_cli::client::connect_channel(endpoint).await.unwrap();
+        let channel = gbrain_cli::client::connect_channel(endpoint, &Default::default())
+            .await
+            .unwrap();
         let mut client =
             IngestServiceClient::with_interceptor(channel, Bearer::new(Some(token)).unwrap());
         let (tx, rx) = mpsc::channel(256);
