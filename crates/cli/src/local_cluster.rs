@@ -8,7 +8,6 @@
 //! where the one it replaces did, so clients and the coordinator find it again.
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -24,6 +23,9 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a process has to exit after SIGTERM before it is killed (and the stop is
 /// reported unclean).
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Seconds each process reports NOT_SERVING on SIGTERM before it closes its listener.
+pub const DRAIN_SECONDS: u64 = 1;
 
 /// The tenant the cluster's tokens belong to.
 pub const TENANT: &str = "demo";
@@ -190,13 +192,10 @@ impl LocalCluster {
         for (name, args) in planned {
             cluster.add(&name, args)?;
         }
-        let inference: Vec<String> = cluster
-            .processes
-            .iter()
-            .filter(|p| p.name.starts_with("inference-"))
-            .map(Process::endpoint)
-            .collect();
-        if !inference.is_empty() {
+        if cluster.spec.inference_nodes > 0 {
+            // The coordinator finds the nodes in a file it reads again every few seconds, so
+            // that nodes added later are found (what DNS does in Kubernetes).
+            cluster.write_inference_endpoints()?;
             let mut coordinator = common("coordinator");
             coordinator.extend([
                 "--catalog".into(),
@@ -204,12 +203,63 @@ impl LocalCluster {
                 "--ingest-endpoint".into(),
                 cluster.process("ingest").endpoint().into(),
                 "--inference-endpoints".into(),
-                inference.join(",").into(),
+                format!("file://{}", cluster.inference_endpoints_file().display()).into(),
             ]);
             cluster.add("coordinator", coordinator)?;
         }
         cluster.write_env()?;
         Ok(cluster)
+    }
+
+    /// The file of inference endpoints the coordinator reads.
+    pub fn inference_endpoints_file(&self) -> PathBuf {
+        self.spec.dir.join("inference-endpoints")
+    }
+
+    fn write_inference_endpoints(&self) -> anyhow::Result<()> {
+        let mut text = String::from("# the local cluster's inference nodes\n");
+        for p in self
+            .processes
+            .iter()
+            .filter(|p| p.name.starts_with("inference-"))
+        {
+            text.push_str(&p.endpoint());
+            text.push('\n');
+        }
+        // Replaced whole, so that a reader never sees half of it.
+        let file = self.inference_endpoints_file();
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &file)?;
+        Ok(())
+    }
+
+    /// Starts one more inference node and lists it for the coordinator, which finds it within
+    /// seconds; returns its name.
+    pub fn add_inference(&mut self) -> anyhow::Result<String> {
+        let n = self
+            .processes
+            .iter()
+            .filter(|p| p.name.starts_with("inference-"))
+            .count();
+        let name = format!("inference-{}", n + 1);
+        let args: Vec<OsString> = vec![
+            "serve".into(),
+            "inference".into(),
+            "--auth-file".into(),
+            self.auth_file.clone().into(),
+            "--object-store".into(),
+            self.object_store.clone().into(),
+        ];
+        self.add(&name, args)?;
+        // Listed before the coordinator, which stays last to stop first.
+        if let Some(c) = self.processes.iter().position(|p| p.name == "coordinator") {
+            let added = self.processes.pop().context("the node just added")?;
+            self.processes.insert(c, added);
+        }
+        self.write_inference_endpoints()?;
+        self.write_env()?;
+        Ok(name)
     }
 
     /// Starts one more process of the cluster on ports of its own.
@@ -222,7 +272,16 @@ impl LocalCluster {
             args,
             child: None,
         };
-        self.launch(&mut p)?;
+        // A port taken between choosing and binding: choose again.
+        let mut tries = 0;
+        while let Err(e) = self.launch(&mut p) {
+            tries += 1;
+            if !port_taken(&e) || tries >= 3 {
+                return Err(e);
+            }
+            p.grpc = free_addr()?;
+            p.http = free_addr()?;
+        }
         self.processes.push(p);
         Ok(())
     }
@@ -239,6 +298,8 @@ impl LocalCluster {
             .arg(p.grpc.to_string())
             .arg("--http")
             .arg(p.http.to_string())
+            // As behind a load balancer: NOT_SERVING for a second before the listener closes.
+            .args(["--drain-seconds", &DRAIN_SECONDS.to_string()])
             .env("RUST_LOG", &self.spec.log_level)
             // Its own process group: Ctrl-C reaches the cluster, which stops it in order.
             .process_group(0)
@@ -287,6 +348,35 @@ impl LocalCluster {
     pub fn terminate(&mut self, name: &str) -> anyhow::Result<(Option<ExitStatus>, bool)> {
         let p = self.process_mut(name)?;
         Ok(terminate(&mut p.child))
+    }
+
+    /// Sends SIGTERM and returns at once; [`LocalCluster::wait`] waits for the exit.
+    pub fn signal_term(&mut self, name: &str) -> anyhow::Result<()> {
+        let p = self.process_mut(name)?;
+        let child = p
+            .child
+            .as_ref()
+            .with_context(|| format!("{name} is not running"))?;
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).context("no pid")?;
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+        Ok(())
+    }
+
+    /// Waits up to [`STOP_TIMEOUT`] for a process to exit: (exit status, whether in time).
+    pub fn wait(&mut self, name: &str) -> anyhow::Result<(Option<ExitStatus>, bool)> {
+        let p = self.process_mut(name)?;
+        let Some(mut c) = p.child.take() else {
+            return Ok((None, true));
+        };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = c.try_wait()? {
+                return Ok((Some(status), true));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        Ok((c.wait().ok(), false))
     }
 
     /// Starts a stopped process again, on the same ports.
@@ -397,7 +487,33 @@ impl Drop for LocalCluster {
 }
 
 impl Weed {
+    /// Starts SeaweedFS on ports of its own, choosing them again when one was taken meanwhile
+    /// (weed then exits at once).
     fn start(spec: &Spec) -> anyhow::Result<Self> {
+        let mut tries = 0;
+        loop {
+            let mut weed = Self::configure(spec)?;
+            match weed.launch() {
+                Ok(()) => return Ok(weed),
+                Err(e) => {
+                    tries += 1;
+                    let exited = weed
+                        .child
+                        .as_mut()
+                        .is_none_or(|c| c.try_wait().ok().flatten().is_some());
+                    if let Some(mut c) = weed.child.take() {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
+                    if !exited || tries >= 3 {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    fn configure(spec: &Spec) -> anyhow::Result<Self> {
         let names = [
             "master.port",
             "master.port.grpc",
@@ -450,7 +566,6 @@ impl Weed {
             child: None,
         };
         weed.program(&spec.weed);
-        weed.launch()?;
         Ok(weed)
     }
 
@@ -478,7 +593,17 @@ impl Weed {
         self.wait_for_bucket()
     }
 
+    /// Waits until the bucket takes a write and gives it back with the cluster's credentials
+    /// (an unsigned probe is not enough: SeaweedFS answers 403 before the bucket exists).
     fn wait_for_bucket(&mut self) -> anyhow::Result<()> {
+        let options: Vec<(String, String)> = vec![
+            ("aws_endpoint".into(), format!("http://{}", self.s3)),
+            ("aws_access_key_id".into(), self.access_key.clone()),
+            ("aws_secret_access_key".into(), self.secret_key.clone()),
+            ("aws_region".into(), "us-east-1".into()),
+            ("aws_allow_http".into(), "true".into()),
+        ];
+        let store = gbrain_storage::store::open(&format!("s3://{}", self.bucket), &options)?;
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
             if let Some(c) = self.child.as_mut()
@@ -489,20 +614,27 @@ impl Weed {
                     self.log.display()
                 );
             }
-            if let Ok(mut s) = std::net::TcpStream::connect(self.s3) {
-                let _ = write!(
-                    s,
-                    "HEAD /{} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-                    self.bucket, self.s3
-                );
-                let mut out = String::new();
-                let _ = s.read_to_string(&mut out);
-                // Any answer but "no such bucket" means it is there (403: credentials asked).
-                if out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.1 403") {
-                    return Ok(());
-                }
+            let store = std::sync::Arc::clone(&store);
+            // On a thread of its own: callers may be inside an async runtime.
+            let ready = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(async move {
+                    use object_store::ObjectStoreExt;
+                    let path = object_store::path::Path::from("local-cluster/ready");
+                    store.put(&path, "ready".into()).await.ok()?;
+                    store.get(&path).await.ok()?.bytes().await.ok()
+                })
+            })
+            .join()
+            .ok()
+            .flatten();
+            if ready.as_deref() == Some(b"ready".as_slice()) {
+                return Ok(());
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(200));
         }
         bail!(
             "SeaweedFS did not serve bucket {} on {} within {}s; its log: {}",
@@ -580,10 +712,34 @@ fn tail(log: &Path) -> String {
     format!("{} ends with:\n{}", log.display(), lines[from..].join("\n"))
 }
 
-/// A loopback address with a port the OS just handed out.
+/// A loopback address with a free port, chosen at random below the kernel's ephemeral range:
+/// the ports chosen are kept for restarts, so they must not be ones the OS hands to any
+/// process binding port 0 (or connecting out) meanwhile. Each is checked free when chosen.
 fn free_addr() -> anyhow::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(10_001));
+    let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..1000 {
+        let r = uuid::Uuid::new_v4().as_u128();
+        let port = low + (r % u128::from(high - low)) as u16;
+        if taken.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            taken.push(port);
+            return Ok(l.local_addr()?);
+        }
+    }
+    bail!("no free port between {low} and {high}")
+}
+
+/// Whether a process failed to start because a port was taken meanwhile.
+fn port_taken(e: &anyhow::Error) -> bool {
+    e.to_string().contains("Address already in use")
 }
 
 /// Creates `database` on the server of `admin_url` when it is missing; returns its URL.

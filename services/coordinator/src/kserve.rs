@@ -4,7 +4,11 @@
 //! every address a name resolves to (a Kubernetes headless Service, say), resolved again every
 //! [`RESOLVE_EVERY`] so that nodes that come and go are found. `https://host:port` and
 //! `dns+https://host:port` are the same over TLS; the certificate of an address resolved from
-//! a name is verified for the name, which is what a certificate for a Service carries. Requests go round-robin over the
+//! a name is verified for the name, which is what a certificate for a Service carries.
+//! `file:///path` names a file of endpoints, one per line (`http://` or `https://`; blank lines
+//! and `#` comments skipped), read again as often as names are resolved: what a deployment
+//! without DNS discovery rewrites when it adds or removes nodes (the local cluster does).
+//! Requests go round-robin over the
 //! nodes not ejected; a node that fails with a transport error, Unavailable, ResourceExhausted
 //! or the per-try timeout is ejected for [`EJECT_FOR`] and the window is tried on the next
 //! node, until its deadline. An error that is the request's own (the model is missing, the
@@ -95,6 +99,8 @@ pub struct Pool {
     fixed: Vec<String>,
     /// `dns://` and `dns+https://` names.
     names: Vec<Name>,
+    /// Files of endpoints (`file:///path`).
+    files: Vec<std::path::PathBuf>,
     tls: ClientTls,
     nodes: RwLock<Arc<Vec<Arc<Node>>>>,
     resolved_at: Mutex<Instant>,
@@ -129,6 +135,37 @@ fn retryable(status: &tonic::Status) -> bool {
             | Code::Cancelled
             | Code::Aborted
     )
+}
+
+/// `file:///path` as the file's path.
+fn file_source(endpoint: &str) -> Result<Option<std::path::PathBuf>> {
+    let Some(path) = endpoint.strip_prefix("file://") else {
+        return Ok(None);
+    };
+    if !path.starts_with('/') {
+        return Err(Error::invalid(
+            "inference",
+            format!("{endpoint}: a file:// endpoint names an absolute path (file:///path)"),
+        ));
+    }
+    Ok(Some(path.into()))
+}
+
+/// The endpoints a file lists: one per line, `http://` or `https://`; others are skipped
+/// with a warning.
+fn parse_endpoints_file(path: &std::path::Path, text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter(|l| {
+            let ok = l.starts_with("http://") || l.starts_with("https://");
+            if !ok {
+                tracing::warn!(file = %path.display(), line = %l, "not an http:// or https:// endpoint; skipped");
+            }
+            ok
+        })
+        .map(str::to_string)
+        .collect()
 }
 
 /// `dns://host:port` or `dns+https://host:port` as a [`Name`].
@@ -171,7 +208,12 @@ impl Pool {
         }
         let mut fixed = Vec::new();
         let mut names = Vec::new();
+        let mut files = Vec::new();
         for e in endpoints {
+            if let Some(f) = file_source(e)? {
+                files.push(f);
+                continue;
+            }
             match dns_name(e)? {
                 Some(n) => names.push(n),
                 None => fixed.push(e.clone()),
@@ -188,6 +230,18 @@ impl Pool {
                 }
             }
         }
+        for f in &files {
+            match std::fs::read_to_string(f) {
+                Ok(text) => all.extend(
+                    parse_endpoints_file(f, &text)
+                        .into_iter()
+                        .map(|e| (e, None)),
+                ),
+                Err(e) => {
+                    tracing::warn!(file = %f.display(), error = %e, "inference endpoints file not read yet")
+                }
+            }
+        }
         all.sort();
         all.dedup_by(|a, b| a.0 == b.0);
         let nodes = all
@@ -197,6 +251,7 @@ impl Pool {
         Ok(Self {
             fixed,
             names,
+            files,
             tls,
             nodes: RwLock::new(Arc::new(nodes)),
             resolved_at: Mutex::new(Instant::now()),
@@ -214,10 +269,11 @@ impl Pool {
         self.nodes().iter().map(|n| n.endpoint.clone()).collect()
     }
 
-    /// Resolves the `dns://` names again, keeping the nodes (their connections and ejections)
-    /// whose addresses remain. A name that fails to resolve keeps its nodes.
+    /// Resolves the `dns://` names and reads the endpoint files again, keeping the nodes
+    /// (their connections and ejections) whose addresses remain. A name that fails to resolve
+    /// keeps its nodes; a file that cannot be read keeps every node.
     pub async fn resolve(&self) {
-        if self.names.is_empty() {
+        if self.names.is_empty() && self.files.is_empty() {
             return;
         }
         let current = self.nodes();
@@ -238,6 +294,19 @@ impl Pool {
                             })
                             .map(|n| (n.endpoint.clone(), None)),
                     );
+                }
+            }
+        }
+        for f in &self.files {
+            match tokio::fs::read_to_string(f).await {
+                Ok(text) => wanted.extend(
+                    parse_endpoints_file(f, &text)
+                        .into_iter()
+                        .map(|e| (e, None)),
+                ),
+                Err(e) => {
+                    tracing::warn!(file = %f.display(), error = %e, "inference endpoints file not read; keeping the nodes");
+                    wanted.extend(current.iter().map(|n| (n.endpoint.clone(), None)));
                 }
             }
         }
@@ -264,7 +333,7 @@ impl Pool {
 
     /// Starts a resolution in the background when the last is older than [`RESOLVE_EVERY`].
     fn maybe_resolve(self: &Arc<Self>) {
-        if self.names.is_empty() {
+        if self.names.is_empty() && self.files.is_empty() {
             return;
         }
         let stale = self
@@ -444,6 +513,46 @@ mod tests {
             "a node that stays is kept"
         );
         assert!(!after[0].healthy(Instant::now()), "with its ejection");
+    }
+
+    /// A file of endpoints gives the nodes, and again after it changes: nodes that stay keep
+    /// their state; a file that goes missing keeps them all.
+    #[tokio::test]
+    async fn endpoint_files_are_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nodes");
+        std::fs::write(&path, "# the nodes\nhttp://127.0.0.1:7101\n\n").unwrap();
+        let source = format!("file://{}", path.display());
+        let pool = Pool::new(&[source], ClientTls::default()).unwrap();
+        assert_eq!(pool.endpoints(), ["http://127.0.0.1:7101"]);
+        let first = pool.nodes();
+        std::fs::write(
+            &path,
+            "http://127.0.0.1:7101\nhttp://127.0.0.1:7102\nnot-an-endpoint\nhttps://127.0.0.1:7103\n",
+        )
+        .unwrap();
+        pool.resolve().await;
+        assert_eq!(
+            pool.endpoints(),
+            [
+                "http://127.0.0.1:7101",
+                "http://127.0.0.1:7102",
+                "https://127.0.0.1:7103"
+            ]
+        );
+        assert!(
+            Arc::ptr_eq(&first[0], &pool.nodes()[0]),
+            "a node that stays is kept"
+        );
+        std::fs::remove_file(&path).unwrap();
+        pool.resolve().await;
+        assert_eq!(pool.endpoints().len(), 3, "a missing file keeps the nodes");
+        assert!(
+            Pool::new(&["file://relative/path".to_string()], ClientTls::default())
+                .unwrap_err()
+                .to_string()
+                .contains("absolute path")
+        );
     }
 
     /// A `dns+https://` name resolves to `https://` nodes, verified for the name; the
