@@ -760,3 +760,131 @@ async fn inference_scales_out_drains_and_fails_under_load() {
         "{report}"
     );
 }
+
+/// A counter of the ingest process, from its Prometheus endpoint (0 when it does not answer).
+fn ingest_counter(http: std::net::SocketAddr, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(http) else {
+        return 0;
+    };
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    );
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// kill -9 the ingest process in the middle of an upload and start it again: the client
+/// resumes from what the server staged (on S3) and the recording is stored once, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_ingest_mid_upload_resumes_the_upload() {
+    let mut started = tokio::task::spawn_blocking(|| Started::new(0))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = gbrain_integration_tests::files::Spec::eeg(64, 512, 600);
+    let file = dir.path().join("long.edf");
+    std::fs::write(&file, spec.bytes()).unwrap();
+    let size = std::fs::metadata(&file).unwrap().len();
+    let samples = 64 * 512 * 600u64;
+
+    let (ingest, http, token) = {
+        let c = started.get();
+        let p = c.process("ingest");
+        (p.endpoint(), p.http, c.submitter_token.clone())
+    };
+    let upload = Command::new(gbrain_bin())
+        .args(["upload", "--json", file.to_str().unwrap()])
+        .env("GBRAIN_SERVER", &ingest)
+        .env("GBRAIN_TOKEN", &token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill once more than a staged part (8 MiB, written to S3 when full) has arrived.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let received = loop {
+        let n = ingest_counter(http, "gbrain_ingest_upload_bytes_total");
+        if n >= 12 << 20 {
+            break n;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let cluster = started.cluster.as_mut().unwrap();
+    tokio::task::block_in_place(|| cluster.kill("ingest")).unwrap();
+    assert!(
+        received < size,
+        "the upload ({size} bytes) was whole before the kill; nothing to resume"
+    );
+    tokio::task::block_in_place(|| cluster.restart("ingest")).unwrap();
+    let out = tokio::task::spawn_blocking(move || upload.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["samples"].as_u64(), Some(samples));
+    let resumed_from = ingest_counter(
+        started.get().process("ingest").http,
+        "gbrain_ingest_upload_bytes_total",
+    );
+    println!(
+        "kill -9 ingest with {received} of {size} bytes received; the restarted ingest took \
+         {resumed_from} more (resumed, not sent again from the start); lost: nothing"
+    );
+    assert!(
+        resumed_from <= size - (8 << 20),
+        "the upload did not resume after the staged part"
+    );
+
+    // One recording, every sample.
+    let c = started.get();
+    let mut flight = gbrain_cli::sql::connect(
+        &client(c.process("query").endpoint(), &c.analyst_token),
+        None,
+    )
+    .await
+    .unwrap();
+    let (_, batches) = gbrain_cli::sql::collect(
+        &mut flight,
+        "SELECT count(*) AS recordings, sum(num_records) FROM recordings",
+    )
+    .await
+    .unwrap();
+    use arrow::array::AsArray;
+    assert_eq!(
+        batches[0]
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0),
+        1
+    );
+    let (_, batches) = gbrain_cli::sql::collect(&mut flight, "SELECT count(*) FROM samples")
+        .await
+        .unwrap();
+    assert_eq!(
+        batches[0]
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0) as u64,
+        samples
+    );
+    let cluster = started.cluster.take().unwrap();
+    let report = tokio::task::spawn_blocking(move || cluster.stop())
+        .await
+        .unwrap();
+    assert!(report.clean(), "{report}");
+}
