@@ -156,10 +156,20 @@ async fn every_role_runs_in_its_own_process_and_the_cluster_stops_cleanly() {
         c.process("inference-1").endpoint(),
         c.process("inference-2").endpoint(),
     ];
-    let (model, _) =
-        gbrain_cli::loop_sim::push_calibrated(&client(nodes[0].clone(), &c.admin_token), 9)
-            .await
-            .unwrap();
+    // Two pushes at once, one to each node, of the next version of the same model: the
+    // repository on S3 takes each number once (exclusive create), so they get two versions.
+    let (to_a, to_b) = (
+        client(nodes[0].clone(), &c.admin_token),
+        client(nodes[1].clone(), &c.admin_token),
+    );
+    let (a, b) = tokio::join!(
+        gbrain_cli::loop_sim::push_calibrated(&to_a, 9),
+        gbrain_cli::loop_sim::push_calibrated(&to_b, 9),
+    );
+    let ((model, va), (_, vb)) = (a.unwrap(), b.unwrap());
+    let mut versions = [va, vb];
+    versions.sort();
+    assert_eq!(versions, [1, 2], "two pushes at once, two versions");
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     for node in &nodes {
         while !model_ready(node, &c.analyst_token, &model).await {

@@ -211,3 +211,49 @@ async fn a_failed_staging_write_is_retried_without_losing_the_hash() {
     assert_eq!(scan.samples[0], spec.samples(0));
     sb.stop().await;
 }
+
+/// On a real S3 server: an object larger than the multipart threshold is written in parts
+/// (its ETag says how many) and reads back whole; an exclusive create writes once, and a
+/// second one for the same key changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_objects_go_in_parts_and_exclusive_creates_write_once_on_s3() {
+    use object_store::ObjectStoreExt;
+    let s3 = SeaweedFs::start();
+    let store =
+        gbrain_storage::store::open(&format!("s3://{}/s3-semantics", s3.bucket), &s3.options())
+            .unwrap();
+    let size = gbrain_storage::store::MULTIPART_THRESHOLD * 2 + 12345;
+    let big: bytes::Bytes = (0..size)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let path = Path::from("big/object.parquet");
+    gbrain_storage::store::put_large(store.as_ref(), &path, big.clone())
+        .await
+        .unwrap();
+    let meta = store.head(&path).await.unwrap();
+    assert_eq!(meta.size, size as u64);
+    let parts = size.div_ceil(gbrain_storage::store::MULTIPART_PART_BYTES);
+    let etag = meta.e_tag.unwrap_or_default();
+    assert!(
+        etag.trim_matches('"').ends_with(&format!("-{parts}")),
+        "a multipart ETag ends with its part count {parts}: {etag}"
+    );
+    let back = store.get(&path).await.unwrap().bytes().await.unwrap();
+    assert!(back == big, "the object reads back whole");
+
+    let key = Path::from("models/m/1/model.onnx");
+    assert!(
+        gbrain_storage::store::put_new(store.as_ref(), &key, bytes::Bytes::from_static(b"first"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !gbrain_storage::store::put_new(store.as_ref(), &key, bytes::Bytes::from_static(b"second"))
+            .await
+            .unwrap(),
+        "the second create of the same key is refused"
+    );
+    let kept = store.get(&key).await.unwrap().bytes().await.unwrap();
+    assert_eq!(&kept[..], b"first");
+}

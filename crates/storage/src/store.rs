@@ -42,6 +42,71 @@ pub fn open(url: &str, options: &[(String, String)]) -> Result<Arc<dyn ObjectSto
     }
 }
 
+/// Objects larger than this are written in parts (multipart upload): on S3 each part is sent
+/// and retried on its own, and one request is no longer bounded by 5 GB.
+pub const MULTIPART_THRESHOLD: usize = 16 << 20;
+
+/// The size of each part of a multipart write.
+pub const MULTIPART_PART_BYTES: usize = 8 << 20;
+
+/// Writes an object, in parts when it is larger than [`MULTIPART_THRESHOLD`]. A multipart
+/// write that fails is aborted, so that no parts are left behind; the object appears only
+/// when every part is there.
+pub async fn put_large(
+    store: &dyn ObjectStore,
+    path: &object_store::path::Path,
+    bytes: bytes::Bytes,
+) -> Result<()> {
+    use object_store::ObjectStoreExt;
+    if bytes.len() <= MULTIPART_THRESHOLD {
+        store
+            .put(path, object_store::PutPayload::from(bytes))
+            .await?;
+        return Ok(());
+    }
+    let upload = store.put_multipart(path).await?;
+    let mut writer =
+        object_store::WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART_BYTES);
+    let mut at = 0;
+    while at < bytes.len() {
+        let end = (at + MULTIPART_PART_BYTES).min(bytes.len());
+        // At most a few parts in flight, so memory stays bounded on a slow store.
+        if let Err(e) = writer.wait_for_capacity(4).await {
+            let _ = writer.abort().await;
+            return Err(e.into());
+        }
+        writer.put(bytes.slice(at..end));
+        at = end;
+    }
+    match writer.finish().await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes an object only if none is at `path` yet (S3 `If-None-Match: *`; an exclusive
+/// create on a local disk). False when one was there: nothing was written.
+pub async fn put_new(
+    store: &dyn ObjectStore,
+    path: &object_store::path::Path,
+    bytes: bytes::Bytes,
+) -> Result<bool> {
+    let opts = object_store::PutOptions {
+        mode: object_store::PutMode::Create,
+        ..Default::default()
+    };
+    match store
+        .put_opts(path, object_store::PutPayload::from(bytes), opts)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(
+            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
+        ) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Whether `store` is a local disk (`file://`): writing there costs CPU (creating files), where
 /// S3 writes are network waits.
 pub fn is_local(store: &dyn ObjectStore) -> bool {

@@ -21,6 +21,9 @@ pub const SERVICE_NAME: &str = "globalbrain.models.v1.ModelRepositoryService";
 /// ONNX's own limit: a protobuf message of at most 2 GiB.
 const MAX_MODEL_BYTES: u64 = 2 << 30;
 
+/// Version numbers an unnumbered push tries before it gives up (others took them first).
+const PUSH_TRIES: u32 = 64;
+
 pub struct Admin {
     models: Arc<Models>,
 }
@@ -140,15 +143,33 @@ impl ModelRepositoryService for Admin {
             return Err(Status::invalid_argument(format!("file: {e}")));
         }
         let version = if header.version == 0 {
-            repo.versions(&tenant, &header.name)
+            // The next number, taken by an exclusive create: of two pushes at once, one gets
+            // the next number after the other's.
+            let mut next = repo
+                .versions(&tenant, &header.name)
                 .await?
                 .last()
-                .map_or(1, |v| v.version + 1)
+                .map_or(1, |v| v.version + 1);
+            let mut tries = 0;
+            while !repo
+                .put_new(&tenant, &header.name, next, file.clone(), config.as_ref())
+                .await?
+            {
+                tries += 1;
+                if tries >= PUSH_TRIES {
+                    return Err(Status::aborted(format!(
+                        "version: {PUSH_TRIES} pushes of {} took the next numbers first; push again",
+                        header.name
+                    )));
+                }
+                next += 1;
+            }
+            next
         } else {
+            repo.put(&tenant, &header.name, header.version, file, config.as_ref())
+                .await?;
             header.version
         };
-        repo.put(&tenant, &header.name, version, file, config.as_ref())
-            .await?;
         tracing::info!(model = %header.name, version, "model pushed");
         let (state, reason) = match self.models.load(&tenant, &header.name).await {
             Ok(()) => ("READY", String::new()),

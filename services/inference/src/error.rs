@@ -97,3 +97,12 @@ impl From<Error> for Status {
         Status::from(&e)
     }
 }
+
+impl From<gbrain_storage::Error> for Error {
+    fn from(e: gbrain_storage::Error) -> Self {
+        match e {
+            gbrain_storage::Error::ObjectStore(e) => Self::Store(e),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}

@@ -137,13 +137,50 @@ impl Repository {
         }
     }
 
-    /// Stores a version (the config first, so a poll never sees the model without it).
+    /// Stores a version (the config first, so a poll never sees the model without it),
+    /// replacing the version's file if it has one.
     pub async fn put(
         &self,
         tenant: &str,
         model: &str,
         version: u64,
         onnx: Bytes,
+        config: Option<&ModelConfig>,
+    ) -> Result<()> {
+        self.write_config(tenant, model, config).await?;
+        gbrain_storage::store::put_large(
+            self.store.as_ref(),
+            &layout::model_file(tenant, model, version),
+            onnx,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Stores a new version: false when the version has a file already (written meanwhile by
+    /// another push), and then nothing of it is replaced. An exclusive create on the object
+    /// store (S3 `If-None-Match`), so that two pushes at once never take the same number.
+    pub async fn put_new(
+        &self,
+        tenant: &str,
+        model: &str,
+        version: u64,
+        onnx: Bytes,
+        config: Option<&ModelConfig>,
+    ) -> Result<bool> {
+        self.write_config(tenant, model, config).await?;
+        Ok(gbrain_storage::store::put_new(
+            self.store.as_ref(),
+            &layout::model_file(tenant, model, version),
+            onnx,
+        )
+        .await?)
+    }
+
+    async fn write_config(
+        &self,
+        tenant: &str,
+        model: &str,
         config: Option<&ModelConfig>,
     ) -> Result<()> {
         check_name(model)?;
@@ -155,12 +192,6 @@ impl Repository {
                 .put(&layout::model_config(tenant, model), PutPayload::from(text))
                 .await?;
         }
-        self.store
-            .put(
-                &layout::model_file(tenant, model, version),
-                PutPayload::from(onnx),
-            )
-            .await?;
         Ok(())
     }
 

@@ -1352,10 +1352,8 @@ impl Live {
                         .map_err(|e| Error::Internal(format!("live compaction: {e}")))??;
                     let path = layout::live_compact_part(&dir, c as u32);
                     let size = encoded.len() as i64;
-                    store
-                        .put(&path, PutPayload::from(encoded))
-                        .await
-                        .map_err(gbrain_storage::Error::from)?;
+                    // Files of the upper levels hold hours of a channel: written in parts.
+                    gbrain_storage::store::put_large(store.as_ref(), &path, encoded).await?;
                     metrics.files.inc();
                     added.push(DataFileRow {
                         path: path.to_string(),

@@ -485,10 +485,8 @@ impl Ingest {
             while let Some(p) = part_rx.recv().await {
                 let path = layout::signal_part(&tenant_s, &rec_s, p.channel, p.part);
                 let size = p.bytes.len() as i64;
-                store
-                    .put(&path, PutPayload::from(p.bytes))
-                    .await
-                    .map_err(gbrain_storage::Error::from)?;
+                // Parts of long recordings run to hundreds of MB: written in parts.
+                gbrain_storage::store::put_large(store.as_ref(), &path, p.bytes).await?;
                 files.push(DataFileRow {
                     path: path.to_string(),
                     kind: FileKind::Signal,
