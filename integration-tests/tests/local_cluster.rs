@@ -816,16 +816,32 @@ async fn a_killed_ingest_mid_upload_resumes_the_upload() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Kill once more than a staged part (8 MiB, written to S3 when full) has arrived.
+    // Kill once a part (8 MiB, staged on S3 when full) is on S3: what a resume starts after.
+    let store = {
+        let c = started.get();
+        let options: Vec<(String, String)> = vec![
+            ("aws_endpoint".into(), format!("http://{}", c.weed.s3)),
+            ("aws_access_key_id".into(), c.weed.access_key.clone()),
+            ("aws_secret_access_key".into(), c.weed.secret_key.clone()),
+            ("aws_region".into(), "us-east-1".into()),
+            ("aws_allow_http".into(), "true".into()),
+        ];
+        gbrain_storage::store::open(&c.object_store, &options).unwrap()
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let received = loop {
-        let n = ingest_counter(http, "gbrain_ingest_upload_bytes_total");
-        if n >= 12 << 20 {
-            break n;
+        use futures::TryStreamExt;
+        let staged: Vec<_> = store
+            .list(Some(&object_store::path::Path::from("staging")))
+            .try_collect()
+            .await
+            .unwrap_or_default();
+        if !staged.is_empty() {
+            break ingest_counter(http, "gbrain_ingest_upload_bytes_total");
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the upload never started"
+            "no part was ever staged"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
