@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // At run time, not compiled in: one build script binary serves every checkout that shares
+    // a target folder.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let protos = [
         root.join("globalbrain/ingest/v1/ingest.proto"),
         root.join("globalbrain/query/v1/query.proto"),
