@@ -131,16 +131,7 @@ impl Server {
 
     /// GET over plain HTTP/1.1 from the metrics port.
     pub fn http_get(&self, path: &str) -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(self.http).expect("connect http");
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )
-        .expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("read");
-        out
+        http_get(self.http, path).expect("GET from the metrics port")
     }
 
     /// SIGTERM, then wait.
@@ -170,4 +161,28 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
+}
+
+/// GET over plain HTTP/1.1: the whole response, headers included.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// The sum of a Prometheus metric's samples at `addr`'s `/metrics` whose line starts with
+/// `name` and contains `matching` (a label, say); 0 when the server does not answer.
+pub fn metric_sum(addr: SocketAddr, name: &str, matching: &str) -> u64 {
+    http_get(addr, "/metrics")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(matching))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }

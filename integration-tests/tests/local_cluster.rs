@@ -8,14 +8,10 @@ use std::time::Duration;
 use gbrain_cli::client::Bearer;
 use gbrain_cli::local_cluster::{LocalCluster, Spec, drop_database};
 use gbrain_common::clap_blocks::ClientArgs;
-use gbrain_integration_tests::tools::{data_dir, gbrain_bin, python};
+use gbrain_integration_tests::binary::metric_sum;
+use gbrain_integration_tests::live_stream as live;
+use gbrain_integration_tests::tools::{data_dir, gbrain_bin, python, weed_bin};
 use gbrain_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-
-fn weed() -> std::path::PathBuf {
-    std::env::var_os("GBRAIN_WEED")
-        .map(Into::into)
-        .expect("GBRAIN_WEED (SeaweedFS's weed; cargo xtask test sets it)")
-}
 
 /// The server URL of the tests' PostgreSQL, with its database.
 fn postgres_admin() -> String {
@@ -36,7 +32,7 @@ impl Started {
         let cluster = LocalCluster::start(Spec {
             dir: dir.path().to_path_buf(),
             gbrain: gbrain_bin(),
-            weed: weed(),
+            weed: weed_bin(),
             postgres: postgres_admin(),
             database: database.clone(),
             inference_nodes,
@@ -158,6 +154,8 @@ async fn every_role_runs_in_its_own_process_and_the_cluster_stops_cleanly() {
     ];
     // Two pushes at once, one to each node, of the next version of the same model: the
     // repository on S3 takes each number once (exclusive create), so they get two versions.
+    // Whether the two actually collide depends on timing (each node checks the file first);
+    // the create-only write they rely on is checked on its own in storage.rs.
     let (to_a, to_b) = (
         client(nodes[0].clone(), &c.admin_token),
         client(nodes[1].clone(), &c.admin_token),
@@ -268,117 +266,6 @@ async fn every_role_runs_in_its_own_process_and_the_cluster_stops_cleanly() {
             "seaweedfs"
         ]
     );
-}
-
-/// A live stream of 8 channels at 250 Hz, 50 samples per chunk.
-mod live {
-    use gbrain_cli::client::Bearer;
-    use gbrain_proto::ingest::v1::ingest_service_client::IngestServiceClient;
-    use gbrain_proto::ingest::v1::{
-        PackedSamples, RecordingMetadata, StreamChannel, StreamChunk, StreamLayout, StreamOpen,
-        StreamOpened, StreamRequest, StreamResponse, stream_chunk, stream_request, stream_response,
-    };
-    use tokio::sync::mpsc;
-    use tokio_stream::wrappers::ReceiverStream;
-    use tonic::Streaming;
-
-    pub const CHANNELS: usize = 8;
-    pub const SAMPLES: usize = 50;
-
-    pub fn layout() -> StreamLayout {
-        StreamLayout {
-            sample_rate: 250.0,
-            channels: (0..CHANNELS)
-                .map(|c| StreamChannel {
-                    label: format!("E{c}"),
-                    r#type: "EEG".into(),
-                    unit: "uV".into(),
-                    resolution: 0.5,
-                })
-                .collect(),
-        }
-    }
-
-    /// Chunk `seq`'s values, sample-major, each a distinct multiple of the resolution.
-    pub fn values(seq: u64) -> Vec<f32> {
-        (0..SAMPLES * CHANNELS)
-            .map(|i| {
-                let (s, c) = (i / CHANNELS, i % CHANNELS);
-                let n = (seq - 1) as usize * SAMPLES + s;
-                (n as f32) * 0.5 - (c as f32) * 1000.0
-            })
-            .collect()
-    }
-
-    pub fn chunk(seq: u64) -> StreamRequest {
-        StreamRequest {
-            kind: Some(stream_request::Kind::Chunk(StreamChunk {
-                seq,
-                data: Some(stream_chunk::Data::Packed(PackedSamples {
-                    values: values(seq),
-                })),
-                source_time_ns: None,
-            })),
-        }
-    }
-
-    pub struct Conn {
-        pub tx: mpsc::Sender<StreamRequest>,
-        pub rx: Streaming<StreamResponse>,
-        pub opened: StreamOpened,
-    }
-
-    /// Opens (or resumes) stream `id` on `endpoint`.
-    pub async fn open(endpoint: &str, token: &str, id: &str, layout: Option<StreamLayout>) -> Conn {
-        let channel = gbrain_cli::client::connect_channel(endpoint, &Default::default())
-            .await
-            .unwrap();
-        let mut client =
-            IngestServiceClient::with_interceptor(channel, Bearer::new(Some(token)).unwrap());
-        let (tx, rx) = mpsc::channel(256);
-        tx.send(StreamRequest {
-            kind: Some(stream_request::Kind::Open(StreamOpen {
-                stream_id: id.into(),
-                layout,
-                metadata: Some(RecordingMetadata {
-                    subject: "sub-11".into(),
-                    task: "rest".into(),
-                    ..Default::default()
-                }),
-            })),
-        })
-        .await
-        .unwrap();
-        let mut rx = client
-            .stream(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        let Some(StreamResponse {
-            kind: Some(stream_response::Kind::Opened(opened)),
-        }) = rx.message().await.unwrap()
-        else {
-            panic!("expected opened");
-        };
-        Conn { tx, rx, opened }
-    }
-
-    /// The next ack's sequence number, or None when the stream ended.
-    pub async fn ack(rx: &mut Streaming<StreamResponse>) -> Option<u64> {
-        match rx.message().await {
-            Ok(Some(StreamResponse {
-                kind: Some(stream_response::Kind::Ack(a)),
-            })) => {
-                assert_eq!(a.samples, a.seq * SAMPLES as u64);
-                Some(a.seq)
-            }
-            Ok(Some(StreamResponse {
-                kind: Some(stream_response::Kind::Closed(_)),
-            })) => None,
-            Ok(other) => panic!("unexpected response {other:?}"),
-            Err(_) => None,
-        }
-    }
 }
 
 /// kill -9 of the ingest process mid-stream, SeaweedFS stopped for 10 s while a stream and an
@@ -573,20 +460,7 @@ async fn faults_lose_nothing_acknowledged() {
 
 /// Inference requests a node has answered with success, from its Prometheus endpoint.
 fn answered(http: std::net::SocketAddr) -> u64 {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(http) else {
-        return 0;
-    };
-    let _ = write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    );
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text.lines()
-        .filter(|l| l.starts_with("gbrain_inference_requests_total{") && l.contains("success"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    metric_sum(http, "gbrain_inference_requests_total{", "success")
 }
 
 /// Where the closed-loop load goes: ingest, the coordinator, and a token.
@@ -771,24 +645,6 @@ async fn inference_scales_out_drains_and_fails_under_load() {
     );
 }
 
-/// A counter of the ingest process, from its Prometheus endpoint (0 when it does not answer).
-fn ingest_counter(http: std::net::SocketAddr, name: &str) -> u64 {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(http) else {
-        return 0;
-    };
-    let _ = write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    );
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 /// kill -9 the ingest process in the middle of an upload and start it again: the client
 /// resumes from what the server staged (on S3) and the recording is stored once, whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -819,14 +675,7 @@ async fn a_killed_ingest_mid_upload_resumes_the_upload() {
     // Kill once a part (8 MiB, staged on S3 when full) is on S3: what a resume starts after.
     let store = {
         let c = started.get();
-        let options: Vec<(String, String)> = vec![
-            ("aws_endpoint".into(), format!("http://{}", c.weed.s3)),
-            ("aws_access_key_id".into(), c.weed.access_key.clone()),
-            ("aws_secret_access_key".into(), c.weed.secret_key.clone()),
-            ("aws_region".into(), "us-east-1".into()),
-            ("aws_allow_http".into(), "true".into()),
-        ];
-        gbrain_storage::store::open(&c.object_store, &options).unwrap()
+        gbrain_storage::store::open(&c.object_store, &c.weed.options()).unwrap()
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let received = loop {
@@ -837,7 +686,7 @@ async fn a_killed_ingest_mid_upload_resumes_the_upload() {
             .await
             .unwrap_or_default();
         if !staged.is_empty() {
-            break ingest_counter(http, "gbrain_ingest_upload_bytes_total");
+            break metric_sum(http, "gbrain_ingest_upload_bytes_total", "");
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -863,9 +712,10 @@ async fn a_killed_ingest_mid_upload_resumes_the_upload() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["samples"].as_u64(), Some(samples));
-    let resumed_from = ingest_counter(
+    let resumed_from = metric_sum(
         started.get().process("ingest").http,
         "gbrain_ingest_upload_bytes_total",
+        "",
     );
     println!(
         "kill -9 ingest with {received} of {size} bytes received; the restarted ingest took \

@@ -77,6 +77,7 @@ impl Process {
 /// SeaweedFS: master, volume, filer and S3 gateway in one `weed mini` process.
 #[derive(Debug)]
 pub struct Weed {
+    program: PathBuf,
     pub s3: SocketAddr,
     pub bucket: String,
     pub access_key: String,
@@ -144,7 +145,7 @@ impl LocalCluster {
     pub fn start(spec: Spec) -> anyhow::Result<Self> {
         std::fs::create_dir_all(spec.dir.join("logs"))
             .with_context(|| format!("creating {}", spec.dir.display()))?;
-        let weed = Weed::start(&spec)?;
+        let weed = Weed::start(&spec.dir, &spec.weed)?;
         let catalog = ensure_database(&spec.postgres, &spec.database)?;
         let object_store = format!("s3://{}/cluster", weed.bucket);
 
@@ -336,11 +337,7 @@ impl LocalCluster {
 
     /// SIGKILL: a crash. The process stays down until [`LocalCluster::restart`].
     pub fn kill(&mut self, name: &str) -> anyhow::Result<()> {
-        let p = self.process_mut(name)?;
-        if let Some(mut child) = p.child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
+        kill_now(&mut self.process_mut(name)?.child);
         Ok(())
     }
 
@@ -352,31 +349,14 @@ impl LocalCluster {
 
     /// Sends SIGTERM and returns at once; [`LocalCluster::wait`] waits for the exit.
     pub fn signal_term(&mut self, name: &str) -> anyhow::Result<()> {
-        let p = self.process_mut(name)?;
-        let child = p
-            .child
-            .as_ref()
-            .with_context(|| format!("{name} is not running"))?;
-        let pid = rustix::process::Pid::from_raw(child.id() as i32).context("no pid")?;
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
-        Ok(())
+        let child = self.process_mut(name)?.child.as_ref();
+        let child = child.with_context(|| format!("{name} is not running"))?;
+        send_term(child)
     }
 
     /// Waits up to [`STOP_TIMEOUT`] for a process to exit: (exit status, whether in time).
     pub fn wait(&mut self, name: &str) -> anyhow::Result<(Option<ExitStatus>, bool)> {
-        let p = self.process_mut(name)?;
-        let Some(mut c) = p.child.take() else {
-            return Ok((None, true));
-        };
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = c.try_wait()? {
-                return Ok((Some(status), true));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = c.kill();
-        Ok((c.wait().ok(), false))
+        Ok(wait_exit(&mut self.process_mut(name)?.child))
     }
 
     /// Starts a stopped process again, on the same ports.
@@ -474,25 +454,25 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         for p in &mut self.processes {
-            if let Some(mut c) = p.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        if let Some(mut c) = self.weed.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            kill_now(&mut p.child);
         }
     }
 }
 
+impl Drop for Weed {
+    fn drop(&mut self) {
+        kill_now(&mut self.child);
+    }
+}
+
 impl Weed {
-    /// Starts SeaweedFS on ports of its own, choosing them again when one was taken meanwhile
-    /// (weed then exits at once).
-    fn start(spec: &Spec) -> anyhow::Result<Self> {
+    /// Starts SeaweedFS (`weed`, the binary) with its data, credentials and log under `dir`,
+    /// on ports of its own, choosing them again when one was taken meanwhile (weed then exits
+    /// at once); returns once the bucket takes a signed write.
+    pub fn start(dir: &Path, weed: &Path) -> anyhow::Result<Self> {
         let mut tries = 0;
         loop {
-            let mut weed = Self::configure(spec)?;
+            let mut weed = Self::configure(dir, weed)?;
             match weed.launch() {
                 Ok(()) => return Ok(weed),
                 Err(e) => {
@@ -501,10 +481,6 @@ impl Weed {
                         .child
                         .as_mut()
                         .is_none_or(|c| c.try_wait().ok().flatten().is_some());
-                    if let Some(mut c) = weed.child.take() {
-                        let _ = c.kill();
-                        let _ = c.wait();
-                    }
                     if !exited || tries >= 3 {
                         return Err(e);
                     }
@@ -513,7 +489,7 @@ impl Weed {
         }
     }
 
-    fn configure(spec: &Spec) -> anyhow::Result<Self> {
+    fn configure(dir: &Path, program: &Path) -> anyhow::Result<Self> {
         let names = [
             "master.port",
             "master.port.grpc",
@@ -527,8 +503,9 @@ impl Weed {
             "admin.port.grpc",
             "webdav.port",
         ];
-        let data = spec.dir.join("seaweedfs");
+        let data = dir.join("seaweedfs");
         std::fs::create_dir_all(&data)?;
+        std::fs::create_dir_all(dir.join("logs"))?;
         let mut args: Vec<OsString> = vec![
             "mini".into(),
             format!("-dir={}", data.display()).into(),
@@ -547,7 +524,7 @@ impl Weed {
             args.push(format!("-{name}={}", addr.port()).into());
         }
         // The S3 credentials: kept with the data, so that a restart takes the same ones.
-        let keys = spec.dir.join("s3-credentials");
+        let keys = dir.join("s3-credentials");
         let secret = match std::fs::read_to_string(&keys) {
             Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
             _ => {
@@ -556,22 +533,16 @@ impl Weed {
                 s
             }
         };
-        let mut weed = Self {
+        Ok(Self {
+            program: program.to_path_buf(),
             s3: s3.context("no S3 port")?,
             bucket: "gbrain".into(),
             access_key: "gbrain-cluster".into(),
             secret_key: secret,
-            log: spec.dir.join("logs").join("seaweedfs.log"),
+            log: dir.join("logs").join("seaweedfs.log"),
             args,
             child: None,
-        };
-        weed.program(&spec.weed);
-        Ok(weed)
-    }
-
-    /// Remembers the binary as the first argument (launch runs `args[0] args[1..]`).
-    fn program(&mut self, weed: &Path) {
-        self.args.insert(0, weed.into());
+        })
     }
 
     fn launch(&mut self) -> anyhow::Result<()> {
@@ -579,8 +550,8 @@ impl Weed {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(&self.args[0])
-            .args(&self.args[1..])
+        let child = Command::new(&self.program)
+            .args(&self.args)
             .env("AWS_ACCESS_KEY_ID", &self.access_key)
             .env("AWS_SECRET_ACCESS_KEY", &self.secret_key)
             .process_group(0)
@@ -588,7 +559,7 @@ impl Weed {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {:?}", self.args[0]))?;
+            .with_context(|| format!("starting {}", self.program.display()))?;
         self.child = Some(child);
         self.wait_for_bucket()
     }
@@ -596,14 +567,7 @@ impl Weed {
     /// Waits until the bucket takes a write and gives it back with the cluster's credentials
     /// (an unsigned probe is not enough: SeaweedFS answers 403 before the bucket exists).
     fn wait_for_bucket(&mut self) -> anyhow::Result<()> {
-        let options: Vec<(String, String)> = vec![
-            ("aws_endpoint".into(), format!("http://{}", self.s3)),
-            ("aws_access_key_id".into(), self.access_key.clone()),
-            ("aws_secret_access_key".into(), self.secret_key.clone()),
-            ("aws_region".into(), "us-east-1".into()),
-            ("aws_allow_http".into(), "true".into()),
-        ];
-        let store = gbrain_storage::store::open(&format!("s3://{}", self.bucket), &options)?;
+        let store = gbrain_storage::store::open(&format!("s3://{}", self.bucket), &self.options())?;
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
             if let Some(c) = self.child.as_mut()
@@ -615,23 +579,13 @@ impl Weed {
                 );
             }
             let store = std::sync::Arc::clone(&store);
-            // On a thread of its own: callers may be inside an async runtime.
-            let ready = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .ok()?;
-                rt.block_on(async move {
-                    use object_store::ObjectStoreExt;
-                    let path = object_store::path::Path::from("local-cluster/ready");
-                    store.put(&path, "ready".into()).await.ok()?;
-                    store.get(&path).await.ok()?.bytes().await.ok()
-                })
-            })
-            .join()
-            .ok()
-            .flatten();
-            if ready.as_deref() == Some(b"ready".as_slice()) {
+            let ready = on_own_runtime(async move {
+                use object_store::ObjectStoreExt;
+                let path = object_store::path::Path::from("local-cluster/ready");
+                store.put(&path, "ready".into()).await?;
+                Ok(gbrain_storage::store::get_bytes(store.as_ref(), path.as_ref()).await?)
+            });
+            if ready.is_ok_and(|b| &b[..] == b"ready") {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -643,6 +597,17 @@ impl Weed {
             START_TIMEOUT.as_secs(),
             self.log.display()
         )
+    }
+
+    /// Its settings for [`gbrain_storage::store::open`].
+    pub fn options(&self) -> Vec<(String, String)> {
+        vec![
+            ("aws_endpoint".into(), format!("http://{}", self.s3)),
+            ("aws_access_key_id".into(), self.access_key.clone()),
+            ("aws_secret_access_key".into(), self.secret_key.clone()),
+            ("aws_region".into(), "us-east-1".into()),
+            ("aws_allow_http".into(), "true".into()),
+        ]
     }
 
     /// The AWS_* variables the services read.
@@ -659,13 +624,24 @@ impl Weed {
 
 /// SIGTERM, then up to [`STOP_TIMEOUT`] for the exit; SIGKILL after it.
 fn terminate(child: &mut Option<Child>) -> (Option<ExitStatus>, bool) {
+    if let Some(c) = child.as_ref() {
+        let _ = send_term(c);
+    }
+    wait_exit(child)
+}
+
+fn send_term(child: &Child) -> anyhow::Result<()> {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).context("no pid")?;
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+    Ok(())
+}
+
+/// Waits up to [`STOP_TIMEOUT`] for the exit, SIGKILL after it: (exit status, whether it
+/// exited in time); `(None, true)` when it was not running.
+fn wait_exit(child: &mut Option<Child>) -> (Option<ExitStatus>, bool) {
     let Some(mut c) = child.take() else {
         return (None, true);
     };
-    let pid = rustix::process::Pid::from_raw(c.id() as i32);
-    if let Some(pid) = pid {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-    }
     let deadline = Instant::now() + STOP_TIMEOUT;
     while Instant::now() < deadline {
         match c.try_wait() {
@@ -676,6 +652,29 @@ fn terminate(child: &mut Option<Child>) -> (Option<ExitStatus>, bool) {
     }
     let _ = c.kill();
     (c.wait().ok(), false)
+}
+
+/// SIGKILL and reap, if it runs.
+fn kill_now(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// Runs `work` to completion on a runtime of its own, on a thread of its own: callers may be
+/// inside an async runtime, where blocking on another is not allowed.
+fn on_own_runtime<T: Send + 'static>(
+    work: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> anyhow::Result<T> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(work)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("a blocking task panicked"))?
 }
 
 /// Waits until `addr` accepts connections, failing early when the process exits.
@@ -765,10 +764,7 @@ fn ensure_database(admin_url: &str, database: &str) -> anyhow::Result<String> {
     };
     let admin = admin_url.to_string();
     let name = database.to_string();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
+    on_own_runtime(async move {
         use sqlx::Connection;
         let mut c = sqlx::PgConnection::connect(&admin)
             .await
@@ -790,22 +786,11 @@ fn ensure_database(admin_url: &str, database: &str) -> anyhow::Result<String> {
 }
 
 /// Drops a database the cluster made (tests clean up with it). Connections still open to it
-/// are closed first. Blocks, on a thread of its own (callable from async code too).
+/// are closed first. Blocks (callable from async code too).
 pub fn drop_database(admin_url: &str, database: &str) -> anyhow::Result<()> {
     let admin = admin_url.to_string();
     let name = database.to_string();
-    std::thread::spawn(move || drop_database_now(&admin, &name))
-        .join()
-        .map_err(|_| anyhow::anyhow!("dropping the database panicked"))?
-}
-
-fn drop_database_now(admin_url: &str, database: &str) -> anyhow::Result<()> {
-    let admin = admin_url.to_string();
-    let name = database.to_string();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
+    on_own_runtime(async move {
         use sqlx::Connection;
         let mut c = sqlx::PgConnection::connect(&admin).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(

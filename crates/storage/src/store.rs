@@ -49,14 +49,15 @@ pub const MULTIPART_THRESHOLD: usize = 16 << 20;
 /// The size of each part of a multipart write.
 pub const MULTIPART_PART_BYTES: usize = 8 << 20;
 
-/// Writes an object, in parts when it is larger than [`MULTIPART_THRESHOLD`]. A multipart
-/// write that fails is aborted, so that no parts are left behind; the object appears only
-/// when every part is there.
+/// Writes an object, in parts when it is larger than [`MULTIPART_THRESHOLD`] (at most four in
+/// flight). A multipart write that fails anywhere, a part or the completion, is aborted, so
+/// that no parts are left behind; the object appears only when every part is there.
 pub async fn put_large(
     store: &dyn ObjectStore,
     path: &object_store::path::Path,
     bytes: bytes::Bytes,
 ) -> Result<()> {
+    use futures::{StreamExt, TryStreamExt};
     use object_store::ObjectStoreExt;
     if bytes.len() <= MULTIPART_THRESHOLD {
         store
@@ -64,24 +65,32 @@ pub async fn put_large(
             .await?;
         return Ok(());
     }
-    let upload = store.put_multipart(path).await?;
-    let mut writer =
-        object_store::WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART_BYTES);
-    let mut at = 0;
-    while at < bytes.len() {
-        let end = (at + MULTIPART_PART_BYTES).min(bytes.len());
-        // At most a few parts in flight, so memory stays bounded on a slow store.
-        if let Err(e) = writer.wait_for_capacity(4).await {
-            let _ = writer.abort().await;
-            return Err(e.into());
-        }
-        writer.put(bytes.slice(at..end));
-        at = end;
+    let mut upload = store.put_multipart(path).await?;
+    // Parts are slices of `bytes`, not copies; a part's request starts when it is polled.
+    let parts: Vec<object_store::UploadPart> = (0..bytes.len())
+        .step_by(MULTIPART_PART_BYTES)
+        .map(|at| {
+            let end = (at + MULTIPART_PART_BYTES).min(bytes.len());
+            upload.put_part(object_store::PutPayload::from(bytes.slice(at..end)))
+        })
+        .collect();
+    let sent: std::result::Result<Vec<()>, _> =
+        futures::stream::iter(parts).buffered(4).try_collect().await;
+    let done = match sent {
+        Ok(_) => upload.complete().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = done {
+        let _ = upload.abort().await;
+        return Err(e.into());
     }
-    match writer.finish().await {
-        Ok(_) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    Ok(())
+}
+
+/// Reads a whole object.
+pub async fn get_bytes(store: &dyn ObjectStore, path: &str) -> Result<bytes::Bytes> {
+    use object_store::ObjectStoreExt;
+    Ok(store.get(&path.into()).await?.bytes().await?)
 }
 
 /// Writes an object only if none is at `path` yet (S3 `If-None-Match: *`; an exclusive

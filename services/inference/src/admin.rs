@@ -150,9 +150,11 @@ impl ModelRepositoryService for Admin {
                 .await?
                 .last()
                 .map_or(1, |v| v.version + 1);
+            repo.write_config(&tenant, &header.name, config.as_ref())
+                .await?;
             let mut tries = 0;
             while !repo
-                .put_new(&tenant, &header.name, next, file.clone(), config.as_ref())
+                .put_new(&tenant, &header.name, next, file.clone())
                 .await?
             {
                 tries += 1;

@@ -157,18 +157,18 @@ impl Repository {
         Ok(())
     }
 
-    /// Stores a new version: false when the version has a file already (written meanwhile by
-    /// another push), and then nothing of it is replaced. An exclusive create on the object
-    /// store (S3 `If-None-Match`), so that two pushes at once never take the same number.
+    /// Stores a new version's file (write the config first, [`Repository::write_config`]):
+    /// false when the version has a file already (written meanwhile by another push), and then
+    /// nothing is replaced. An exclusive create on the object store (S3 `If-None-Match`), so
+    /// that two pushes at once never take the same number.
     pub async fn put_new(
         &self,
         tenant: &str,
         model: &str,
         version: u64,
         onnx: Bytes,
-        config: Option<&ModelConfig>,
     ) -> Result<bool> {
-        self.write_config(tenant, model, config).await?;
+        check_name(model)?;
         Ok(gbrain_storage::store::put_new(
             self.store.as_ref(),
             &layout::model_file(tenant, model, version),
@@ -177,7 +177,9 @@ impl Repository {
         .await?)
     }
 
-    async fn write_config(
+    /// Stores the model's config.json, when one is given; a poll never sees a version
+    /// without the config it was pushed with.
+    pub async fn write_config(
         &self,
         tenant: &str,
         model: &str,

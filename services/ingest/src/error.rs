@@ -123,7 +123,12 @@ impl From<Error> for Status {
                 | gbrain_formats::Error::Unsupported { .. } => Status::invalid_argument(msg),
                 gbrain_formats::Error::Io(_) => Status::unavailable(msg),
             },
-            Error::Storage(_) => Status::unavailable(msg),
+            // The object store failing may pass; stored files that do not decode will not.
+            Error::Storage(
+                gbrain_storage::Error::ObjectStore(_) | gbrain_storage::Error::Io(_),
+            ) => Status::unavailable(msg),
+            Error::Storage(gbrain_storage::Error::Corrupt { .. }) => Status::data_loss(msg),
+            Error::Storage(_) => Status::internal(msg),
             Error::Catalog(_) => Status::unavailable(msg),
             Error::Cancelled(_) => Status::cancelled(msg),
             Error::Conflict(_) => Status::aborted(msg),
@@ -131,5 +136,35 @@ impl From<Error> for Status {
             Error::Stream(status) => status,
             Error::Internal(_) | Error::Startup(_) => Status::internal(msg),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn storage_errors_say_whether_a_retry_can_help() {
+        let code = |e: gbrain_storage::Error| Status::from(Error::Storage(e)).code();
+        let store = object_store::Error::Generic {
+            store: "S3",
+            source: "connection refused".into(),
+        };
+        assert_eq!(code(store.into()), Code::Unavailable);
+        assert_eq!(
+            code(std::io::Error::other("disk gone").into()),
+            Code::Unavailable
+        );
+        let corrupt = gbrain_storage::Error::Corrupt {
+            path: "p".into(),
+            reason: "no gbrain.first_sample metadata".into(),
+        };
+        assert_eq!(code(corrupt), Code::DataLoss);
+        let url = gbrain_storage::Error::Url {
+            url: "x://".into(),
+            reason: "unknown scheme".into(),
+        };
+        assert_eq!(code(url), Code::Internal);
     }
 }

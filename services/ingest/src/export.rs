@@ -19,7 +19,6 @@ use gbrain_formats::edf::{
 use gbrain_proto::ingest::v1::{ExportFormat, ExportInfo};
 use gbrain_storage::events::{EventRow, read_events};
 use gbrain_storage::signal::{SignalFileReader, channel_groups};
-use object_store::ObjectStoreExt;
 use tokio::sync::mpsc;
 
 use crate::{Error, Ingest, Result};
@@ -78,14 +77,7 @@ impl Ingest {
             .files(t, recording_id, FileKind::Events)
             .await?
         {
-            let bytes = self
-                .store
-                .get(&f.path.as_str().into())
-                .await
-                .map_err(gbrain_storage::Error::from)?
-                .bytes()
-                .await
-                .map_err(gbrain_storage::Error::from)?;
+            let bytes = gbrain_storage::store::get_bytes(self.store.as_ref(), &f.path).await?;
             events.extend(read_events(bytes, &f.path)?);
         }
         let plan = plan(
@@ -299,8 +291,7 @@ impl Cursor<'_> {
                     };
                     self.next_file += 1;
                     let bytes = handle
-                        .block_on(async { store.get(&f.path.as_str().into()).await?.bytes().await })
-                        .map_err(gbrain_storage::Error::from)?;
+                        .block_on(gbrain_storage::store::get_bytes(store.as_ref(), &f.path))?;
                     self.reader = Some(SignalFileReader::new(bytes, &f.path, groups.clone())?);
                 }
                 continue;

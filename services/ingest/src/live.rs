@@ -1297,25 +1297,14 @@ impl Live {
         let background = self.background.handle().clone();
         let added = self
             .writing(async move {
-                let get = |path: String| {
-                    let store = Arc::clone(&store);
-                    async move {
-                        let bytes = store
-                            .get(&path.as_str().into())
-                            .await
-                            .map_err(gbrain_storage::Error::from)?
-                            .bytes()
-                            .await
-                            .map_err(gbrain_storage::Error::from)?;
-                        Ok::<_, Error>(bytes)
-                    }
-                };
+                let store = store.as_ref();
                 // Files of every channel (flushes, small) are read once; files of one channel
                 // a channel at a time.
                 let mut shared = std::collections::HashMap::new();
                 for p in &parts {
                     if let (f, Some(_)) = p.channel(0)? {
-                        shared.insert(f.path.clone(), get(f.path.clone()).await?);
+                        let bytes = gbrain_storage::store::get_bytes(store, &f.path).await?;
+                        shared.insert(f.path.clone(), bytes);
                     }
                 }
                 let mut added = Vec::with_capacity(channels);
@@ -1325,7 +1314,7 @@ impl Live {
                         let (f, groups) = p.channel(c)?;
                         let bytes = match shared.get(&f.path) {
                             Some(b) => b.clone(),
-                            None => get(f.path.clone()).await?,
+                            None => gbrain_storage::store::get_bytes(store, &f.path).await?,
                         };
                         inputs.push((f.path.clone(), bytes, groups));
                     }
@@ -1353,7 +1342,7 @@ impl Live {
                     let path = layout::live_compact_part(&dir, c as u32);
                     let size = encoded.len() as i64;
                     // Files of the upper levels hold hours of a channel: written in parts.
-                    gbrain_storage::store::put_large(store.as_ref(), &path, encoded).await?;
+                    gbrain_storage::store::put_large(store, &path, encoded).await?;
                     metrics.files.inc();
                     added.push(DataFileRow {
                         path: path.to_string(),
@@ -1878,11 +1867,7 @@ mod tests {
             let mut values = Vec::new();
             let mut next = 0u64;
             for f in files.iter().filter(|f| f.channel_index == Some(c)) {
-                let bytes = store
-                    .get(&f.path.as_str().into())
-                    .await
-                    .unwrap()
-                    .bytes()
+                let bytes = gbrain_storage::store::get_bytes(store.as_ref(), &f.path)
                     .await
                     .unwrap();
                 let (first, v) = gbrain_storage::signal::read_signal_file(bytes, &f.path).unwrap();
@@ -2030,11 +2015,7 @@ mod tests {
         );
         assert!(flushes.iter().all(|f| layout::live_level(&f.path) == 0));
         for f in &flushes {
-            let bytes = store
-                .get(&f.path.as_str().into())
-                .await
-                .unwrap()
-                .bytes()
+            let bytes = gbrain_storage::store::get_bytes(store.as_ref(), &f.path)
                 .await
                 .unwrap();
             for c in 0..3 {
@@ -2064,11 +2045,7 @@ mod tests {
             .unwrap();
         assert_eq!(files.len(), 3);
         for (c, f) in files.iter().enumerate() {
-            let bytes = store
-                .get(&f.path.as_str().into())
-                .await
-                .unwrap()
-                .bytes()
+            let bytes = gbrain_storage::store::get_bytes(store.as_ref(), &f.path)
                 .await
                 .unwrap();
             let (first, values) = gbrain_storage::signal::read_signal_file(bytes, &f.path).unwrap();
