@@ -15,7 +15,7 @@ pub struct NewRecording {
 }
 
 /// One recording. Times are nanoseconds since the Unix epoch.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RecordingRow {
     pub tenant: String,
     pub recording_id: String,
@@ -53,7 +53,7 @@ pub struct RecordingRow {
 }
 
 /// One signal of a recording, annotation signals included (they have no samples).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ChannelRow {
     pub channel_index: i64,
     pub label: String,
@@ -78,7 +78,7 @@ pub struct ChannelRow {
 }
 
 /// A run of contiguous records. EDF+D recordings have several.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SegmentRow {
     pub segment_index: i64,
     pub first_record: i64,
@@ -87,7 +87,7 @@ pub struct SegmentRow {
     pub onset_s: f64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FileKind {
     Signal,
     Events,
@@ -132,7 +132,7 @@ pub struct ModelDecision {
 }
 
 /// An object holding part of a recording.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DataFileRow {
     pub path: String,
     pub kind: FileKind,
@@ -174,7 +174,7 @@ pub struct Participant {
 }
 
 /// What a tenant can query as of one commit: read in one transaction, so the pieces agree.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TenantView {
     /// The commit this view is as of.
     pub seq: i64,

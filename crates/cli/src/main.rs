@@ -101,6 +101,10 @@ enum Command {
         /// Run against a named snapshot instead of the latest data.
         #[arg(long)]
         snapshot: Option<String>,
+        /// Where it runs: auto (the service decides by size), local (the query service) or
+        /// distributed (its Ballista executors).
+        #[arg(long, value_parser = ["auto", "local", "distributed"])]
+        execution: Option<String>,
         /// Write the result to FILE.parquet, FILE.csv or FILE.arrow instead of printing it.
         #[arg(long)]
         output: Option<PathBuf>,
@@ -182,6 +186,17 @@ enum ServeRole {
     Coordinator {
         #[command(flatten)]
         args: CoordinatorServeArgs,
+    },
+    /// A Ballista scheduler for queries larger than one node, with the project's tables and
+    /// functions.
+    BallistaScheduler {
+        #[command(flatten)]
+        args: gbrain_common::clap_blocks::BallistaSchedulerServeArgs,
+    },
+    /// A Ballista executor running the project's scans and fusion functions.
+    BallistaExecutor {
+        #[command(flatten)]
+        args: gbrain_common::clap_blocks::BallistaExecutorServeArgs,
     },
 }
 
@@ -362,6 +377,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve {
             role: ServeRole::Coordinator { args },
         } => serve::coordinator(args).await,
+        Command::Serve {
+            role: ServeRole::BallistaScheduler { args },
+        } => serve::ballista_scheduler(args).await,
+        Command::Serve {
+            role: ServeRole::BallistaExecutor { args },
+        } => serve::ballista_executor(args).await,
         Command::LocalCluster { command } => match command {
             LocalClusterCommand::Up {
                 dir,
@@ -446,9 +467,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sql {
             query,
             snapshot,
+            execution,
             output,
             client,
-        } => sql::command(query, snapshot, output, client).await,
+        } => sql::command(query, snapshot, execution, output, client).await,
         Command::Snapshot { command } => match command {
             SnapshotCommand::Create { name, client } => snapshot::create(name, client).await,
             SnapshotCommand::Ls { client } => snapshot::list(client).await,

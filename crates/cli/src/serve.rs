@@ -10,9 +10,9 @@ use gbrain_catalog::Catalog;
 use gbrain_cli::output::write_private;
 use gbrain_common::auth::{Authenticator, generate_token};
 use gbrain_common::clap_blocks::{
-    AuthArgs, ClientTlsArgs, CoordinatorArgs, CoordinatorServeArgs, InferenceArgs,
-    InferenceServeArgs, IngestArgs, IngestServeArgs, LogArgs, QueryArgs, QueryServeArgs,
-    ServerArgs,
+    AuthArgs, BallistaExecutorServeArgs, BallistaSchedulerServeArgs, ClientTlsArgs,
+    CoordinatorArgs, CoordinatorServeArgs, InferenceArgs, InferenceServeArgs, IngestArgs,
+    IngestServeArgs, LogArgs, QueryArgs, QueryServeArgs, ServerArgs,
 };
 use gbrain_common::clock::{Clock, SystemClock};
 use gbrain_common::server::{Listeners, bind, cancel_on_signal, describe, start_process};
@@ -280,4 +280,74 @@ fn dev_token(data_dir: &Path) -> anyhow::Result<(String, PathBuf)> {
     let token = generate_token();
     write_private(&path, &token)?;
     Ok((token, path))
+}
+
+/// The host a Ballista role tells others to reach it at.
+fn advertised_host(given: &Option<String>, listen: std::net::SocketAddr) -> String {
+    match given {
+        Some(h) => h.clone(),
+        None if listen.ip().is_unspecified() => "127.0.0.1".to_string(),
+        None => listen.ip().to_string(),
+    }
+}
+
+/// A Ballista scheduler as its own process: Ballista's scheduler with the project's plan codec.
+pub async fn ballista_scheduler(args: BallistaSchedulerServeArgs) -> anyhow::Result<ExitCode> {
+    gbrain_common::telemetry::init(
+        args.log.log_format,
+        std::env::var("RUST_LOG").ok().as_deref(),
+    );
+    let aws = gbrain_storage::store::aws_options(std::env::vars());
+    let store = gbrain_storage::store::open(&args.store.object_store, &aws)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let host = advertised_host(&args.advertise_host, addr);
+    println!("ballista-scheduler: grpc://{addr} (Ballista scheduler API, grpc.health.v1)");
+    gbrain_query::distributed::run_scheduler(
+        listener,
+        (host, addr.port()),
+        store,
+        cancel_on_signal(),
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A Ballista executor as its own process: Ballista's executor with the project's plan codec,
+/// functions and object store, and grpc.health.v1 on `--listen`.
+pub async fn ballista_executor(args: BallistaExecutorServeArgs) -> anyhow::Result<ExitCode> {
+    gbrain_common::telemetry::init(
+        args.log.log_format,
+        std::env::var("RUST_LOG").ok().as_deref(),
+    );
+    let aws = gbrain_storage::store::aws_options(std::env::vars());
+    let store = gbrain_storage::store::open(&args.store.object_store, &aws)?;
+    let health = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = health.local_addr()?;
+    let host = advertised_host(&args.advertise_host, addr);
+    let scheduler = gbrain_query::scheduler_host_port(&args.scheduler)?;
+    let bind_host = if addr.ip().is_unspecified() {
+        addr.ip().to_string()
+    } else {
+        host.clone()
+    };
+    let options = gbrain_query::distributed::ExecutorOptions {
+        scheduler,
+        bind_host,
+        flight_port: args.flight_port,
+        grpc_port: args.grpc_port,
+        external_host: Some(host),
+        concurrent_tasks: args.concurrent_tasks,
+        work_dir: args.work_dir.clone(),
+    };
+    println!(
+        "ballista-executor: grpc://{addr} (grpc.health.v1), Ballista flight port {}, task port {}",
+        args.flight_port, args.grpc_port
+    );
+    gbrain_query::distributed::run_executor(options, store, health, cancel_on_signal()).await?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -26,18 +26,21 @@ const MAX_PRINTED_ROWS: usize = 1000;
 /// The request header that pins a statement to a named snapshot.
 pub const SNAPSHOT_HEADER: &str = "x-gbrain-snapshot";
 
-/// Adds the bearer token and, when pinned, the snapshot header.
+/// The request header that says where a statement runs: auto, local or distributed.
+pub const EXECUTION_HEADER: &str = "x-gbrain-execution";
+
+/// Adds the bearer token and the query's settings (snapshot, execution).
 #[derive(Clone)]
 pub struct Headers {
     bearer: Bearer,
-    snapshot: Option<MetadataValue<tonic::metadata::Ascii>>,
+    settings: Vec<(&'static str, MetadataValue<tonic::metadata::Ascii>)>,
 }
 
 impl tonic::service::Interceptor for Headers {
     fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         let mut req = self.bearer.call(req)?;
-        if let Some(s) = &self.snapshot {
-            req.metadata_mut().insert(SNAPSHOT_HEADER, s.clone());
+        for (name, value) in &self.settings {
+            req.metadata_mut().insert(*name, value.clone());
         }
         Ok(req)
     }
@@ -46,11 +49,32 @@ impl tonic::service::Interceptor for Headers {
 pub type Flight = FlightServiceClient<InterceptedService<Channel, Headers>>;
 
 pub async fn connect(args: &ClientArgs, snapshot: Option<&str>) -> anyhow::Result<Flight> {
+    connect_with(args, snapshot, None).await
+}
+
+/// A client whose statements run on `snapshot` (latest when `None`) and where `execution`
+/// says (`auto`, `local`, `distributed`; the service decides when `None`).
+pub async fn connect_with(
+    args: &ClientArgs,
+    snapshot: Option<&str>,
+    execution: Option<&str>,
+) -> anyhow::Result<Flight> {
+    let mut settings = Vec::new();
+    if let Some(s) = snapshot {
+        settings.push((
+            SNAPSHOT_HEADER,
+            s.parse().context("the snapshot name must be ASCII")?,
+        ));
+    }
+    if let Some(e) = execution {
+        settings.push((
+            EXECUTION_HEADER,
+            e.parse().context("--execution must be ASCII")?,
+        ));
+    }
     let headers = Headers {
         bearer: Bearer::new(args.token.as_deref())?,
-        snapshot: snapshot
-            .map(|s| s.parse().context("the snapshot name must be ASCII"))
-            .transpose()?,
+        settings,
     };
     let channel = crate::client::connect_channel(&args.server, &args.tls).await?;
     Ok(FlightServiceClient::with_interceptor(channel, headers)
@@ -182,10 +206,11 @@ impl Sink {
 pub async fn command(
     sql: String,
     snapshot: Option<String>,
+    execution: Option<String>,
     output: Option<PathBuf>,
     client: ClientArgs,
 ) -> anyhow::Result<ExitCode> {
-    let mut flight = connect(&client, snapshot.as_deref()).await?;
+    let mut flight = connect_with(&client, snapshot.as_deref(), execution.as_deref()).await?;
     let (schema, streams) = match query(&mut flight, &sql).await {
         Ok(r) => r,
         Err(s) => {

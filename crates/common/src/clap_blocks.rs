@@ -146,6 +146,62 @@ pub struct QueryArgs {
     /// Directory spilled operators write to (default: the OS temporary directory).
     #[arg(long, env = "GBRAIN_QUERY_SPILL_DIR")]
     pub query_spill_dir: Option<PathBuf>,
+
+    /// A Ballista scheduler (`df://host:port` or `http://host:port`, a `gbrain serve
+    /// ballista-scheduler`) for queries larger than one node.
+    #[arg(long, env = "GBRAIN_BALLISTA_SCHEDULER")]
+    pub ballista_scheduler: Option<String>,
+
+    /// With a scheduler: a query whose scans read at least this many bytes of stored files runs
+    /// on Ballista, unless it asks otherwise (header `x-gbrain-execution: local|distributed`).
+    #[arg(long, env = "GBRAIN_BALLISTA_THRESHOLD_BYTES", default_value_t = 1 << 30)]
+    pub ballista_threshold_bytes: u64,
+}
+
+/// `gbrain serve ballista-scheduler`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BallistaSchedulerServeArgs {
+    /// The scheduler's gRPC port (Ballista's scheduler API and grpc.health.v1).
+    #[arg(long, env = "GBRAIN_LISTEN", default_value = "127.0.0.1:50050")]
+    pub listen: SocketAddr,
+    /// The host executors and query services reach it at (default: the listen address).
+    #[arg(long, env = "GBRAIN_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
+    #[command(flatten)]
+    pub store: ObjectStoreArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// `gbrain serve ballista-executor`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BallistaExecutorServeArgs {
+    /// The scheduler, `host:port` (or `df://host:port`).
+    #[arg(long, env = "GBRAIN_BALLISTA_SCHEDULER")]
+    pub scheduler: String,
+    /// grpc.health.v1 for probes: SERVING once the scheduler has the executor.
+    #[arg(long, env = "GBRAIN_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Ballista's Flight port: shuffle data and results.
+    #[arg(long, env = "GBRAIN_BALLISTA_FLIGHT_PORT", default_value_t = 50060)]
+    pub flight_port: u16,
+    /// Ballista's task port.
+    #[arg(long, env = "GBRAIN_BALLISTA_GRPC_PORT", default_value_t = 50061)]
+    pub grpc_port: u16,
+    /// The host the scheduler, other executors and query services reach it at (default: the
+    /// listen address).
+    #[arg(long, env = "GBRAIN_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
+    /// Tasks run at once (0: one per CPU).
+    #[arg(long, env = "GBRAIN_CONCURRENT_TASKS", default_value_t = 0)]
+    pub concurrent_tasks: usize,
+    /// Shuffle files (default: a temporary directory).
+    #[arg(long, env = "GBRAIN_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: ObjectStoreArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// Log output.

@@ -72,6 +72,43 @@ pub struct QueryConfig {
     pub spill_dir: Option<PathBuf>,
     /// Tenant views kept in memory.
     pub view_cache: usize,
+    /// Ballista, for queries larger than one node; `None` runs everything here.
+    pub distributed: Option<DistributedConfig>,
+}
+
+/// Where large queries go.
+#[derive(Clone, Debug)]
+pub struct DistributedConfig {
+    /// The Ballista scheduler, `http://host:port`.
+    pub scheduler: String,
+    /// Queries left to the service (`x-gbrain-execution: auto`, the default) go to Ballista
+    /// when their scans read at least this many bytes of stored files.
+    pub threshold_bytes: u64,
+}
+
+/// Where one query runs: a per-query setting (`x-gbrain-execution`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Execution {
+    /// On Ballista when a scheduler is configured and the query's scans reach the threshold.
+    #[default]
+    Auto,
+    /// On this node.
+    Local,
+    /// On Ballista, whatever its size.
+    Distributed,
+}
+
+impl std::str::FromStr for Execution {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(Self::Auto),
+            "local" => Ok(Self::Local),
+            "distributed" | "ballista" => Ok(Self::Distributed),
+            other => Err(format!("{other:?} is not auto, local or distributed")),
+        }
+    }
 }
 
 impl Default for QueryConfig {
@@ -83,6 +120,7 @@ impl Default for QueryConfig {
                 .unwrap_or(2),
             spill_dir: None,
             view_cache: 64,
+            distributed: None,
         }
     }
 }
@@ -105,6 +143,8 @@ pub struct QueryEngine {
     executor: Executor,
     config: QueryConfig,
     metrics: QueryMetrics,
+    /// Moves plans to Ballista.
+    codec: Arc<crate::distributed::Codec>,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -119,9 +159,16 @@ impl std::fmt::Debug for QueryEngine {
 pub struct Planned {
     ctx: SessionContext,
     plan: LogicalPlan,
+    execution: Execution,
 }
 
 impl Planned {
+    /// Where it is to run.
+    pub fn with_execution(mut self, execution: Execution) -> Self {
+        self.execution = execution;
+        self
+    }
+
     /// The schema of the statement's result.
     pub fn schema(&self) -> SchemaRef {
         Arc::new(self.plan.schema().as_arrow().clone())
@@ -188,6 +235,7 @@ impl QueryEngine {
         Ok(Arc::new(Self {
             template,
             views: Arc::new(Views::new(deps.catalog.clone(), config.view_cache)),
+            codec: crate::distributed::Codec::new(Arc::clone(&deps.store)),
             store: deps.store,
             catalog: deps.catalog,
             runtime,
@@ -330,10 +378,11 @@ impl QueryEngine {
                 schema: Arc::new(plan.schema().as_arrow().clone()),
                 parameters,
             };
-            let planned = described
-                .parameters
-                .is_empty()
-                .then_some(Planned { ctx, plan });
+            let planned = described.parameters.is_empty().then_some(Planned {
+                ctx,
+                plan,
+                execution: Execution::Auto,
+            });
             Ok((described, planned))
         })
         .await
@@ -366,12 +415,13 @@ impl QueryEngine {
         seq: i64,
         sql: &str,
         params: Vec<ScalarValue>,
+        execution: Execution,
     ) -> Result<QueryStream> {
         let started = Instant::now();
         let limit = self.config.limits.timeout;
         let planned =
             match tokio::time::timeout(limit, self.prepare(tenant, seq, sql, Some(params))).await {
-                Ok(Ok((_, Some(p)))) => p,
+                Ok(Ok((_, Some(p)))) => p.with_execution(execution),
                 Ok(Ok((d, None))) => {
                     self.metrics.finished(Outcome::Rejected);
                     return Err(Error::invalid(
@@ -401,12 +451,40 @@ impl QueryEngine {
     ) -> Result<QueryStream> {
         let started = Instant::now();
         let limit = self.config.limits.timeout;
-        let Planned { ctx, plan } = planned;
+        let Planned {
+            ctx,
+            plan,
+            execution,
+        } = planned;
+        let this = Arc::clone(self);
         let physical = tokio::time::timeout(
             remaining,
             self.on_executor(async move {
                 let physical = ctx.state().create_physical_plan(&plan).await?;
-                Ok((physical, ctx.task_ctx()))
+                let distributed = match (execution, &this.config.distributed) {
+                    (Execution::Local, _) | (Execution::Auto, None) => None,
+                    (Execution::Distributed, None) => {
+                        return Err(Error::FailedPrecondition(
+                            "x-gbrain-execution: distributed, but this query service has no \
+                             Ballista scheduler (--ballista-scheduler)"
+                                .into(),
+                        ));
+                    }
+                    (Execution::Distributed, Some(d)) => Some(d),
+                    (Execution::Auto, Some(d)) => (crate::distributed::scan_bytes(&physical)
+                        >= d.threshold_bytes)
+                        .then_some(d),
+                };
+                match distributed {
+                    None => Ok((physical, ctx.task_ctx())),
+                    Some(d) => {
+                        let state =
+                            crate::distributed::ballista_state(&ctx.state(), d, &this.codec)?;
+                        let physical = state.create_physical_plan(&plan).await?;
+                        this.metrics.distributed.inc();
+                        Ok((physical, state.task_ctx()))
+                    }
+                }
             }),
         )
         .await;
@@ -448,7 +526,9 @@ impl QueryEngine {
         seq: i64,
         sql: &str,
     ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-        let stream = self.run(tenant, seq, sql, Vec::new()).await?;
+        let stream = self
+            .run(tenant, seq, sql, Vec::new(), Execution::Auto)
+            .await?;
         let schema = stream.schema();
         let batches: Vec<RecordBatch> = futures::TryStreamExt::try_collect(stream).await?;
         Ok((schema, batches))

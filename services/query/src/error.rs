@@ -16,6 +16,10 @@ pub enum Error {
     #[error("{0}")]
     NotFound(String),
 
+    /// A request this service cannot serve as configured (say, Ballista without a scheduler).
+    #[error("{0}")]
+    FailedPrecondition(String),
+
     #[error("{0}")]
     AlreadyExists(String),
 
@@ -72,6 +76,7 @@ impl From<&Error> for Status {
             Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
             Error::PermissionDenied(m) => Status::permission_denied(m.clone()),
             Error::NotFound(m) => Status::not_found(m.clone()),
+            Error::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
             Error::AlreadyExists(m) => Status::already_exists(m.clone()),
             Error::ResourceExhausted(m) => Status::resource_exhausted(m.clone()),
             Error::DataFusion(d) => datafusion_status(d),

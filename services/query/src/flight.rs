@@ -39,12 +39,16 @@ use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::context::{CATALOG, PUBLIC, SNAPSHOT_PREFIX};
-use crate::engine::{Planned, QueryEngine};
+use crate::engine::{Execution, Planned, QueryEngine};
 use crate::error::Error;
 use crate::tables::TABLES;
 
 /// The request header that pins a statement to a named snapshot.
 pub const SNAPSHOT_HEADER: &str = "x-gbrain-snapshot";
+
+/// The request header that says where a statement runs: `auto` (the default: on Ballista when
+/// its scans reach the service's threshold), `local` or `distributed`.
+pub const EXECUTION_HEADER: &str = "x-gbrain-execution";
 
 /// Largest FlightData message the server sends.
 const MAX_FLIGHT_DATA_BYTES: usize = 4 << 20;
@@ -64,6 +68,9 @@ struct Handle {
     /// The snapshot a prepared statement was created under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     snapshot: Option<String>,
+    /// Where it runs, in tickets (`local` or `distributed`; absent is auto).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    execution: Option<String>,
 }
 
 impl Handle {
@@ -242,6 +249,25 @@ impl FlightSql {
         }
     }
 
+    fn execution_of<T>(request: &Request<T>) -> Result<Option<String>, Status> {
+        match request.metadata().get(EXECUTION_HEADER) {
+            None => Ok(None),
+            Some(v) => {
+                let text = v.to_str().map_err(|_| {
+                    Status::invalid_argument(format!("{EXECUTION_HEADER}: not text"))
+                })?;
+                let execution: Execution = text
+                    .parse()
+                    .map_err(|e| Status::invalid_argument(format!("{EXECUTION_HEADER}: {e}")))?;
+                Ok(match execution {
+                    Execution::Auto => None,
+                    Execution::Local => Some("local".into()),
+                    Execution::Distributed => Some("distributed".into()),
+                })
+            }
+        }
+    }
+
     /// Plans a statement and describes where to fetch its result.
     async fn flight_info(
         &self,
@@ -266,6 +292,7 @@ impl FlightSql {
             seq: Some(seq),
             params: handle.params,
             snapshot: None,
+            execution: handle.execution,
         };
         let ticket = TicketStatementQuery {
             statement_handle: ticket.encode()?,
@@ -393,6 +420,7 @@ impl FlightSqlService for FlightSql {
         let handle = Handle {
             sql: query.query,
             snapshot: Self::snapshot_of(&request)?,
+            execution: Self::execution_of(&request)?,
             ..Handle::default()
         };
         let descriptor = request.into_inner();
@@ -411,6 +439,9 @@ impl FlightSqlService for FlightSql {
         if let Some(s) = Self::snapshot_of(&request)? {
             handle.snapshot = Some(s);
         }
+        if let Some(e) = Self::execution_of(&request)? {
+            handle.execution = Some(e);
+        }
         let descriptor = request.into_inner();
         Ok(Response::new(
             self.flight_info(&p, handle, descriptor).await?,
@@ -424,14 +455,24 @@ impl FlightSqlService for FlightSql {
     ) -> Result<Response<FlightStream>, Status> {
         let p = Self::analyst(&request)?;
         let tenant = p.tenant.as_str();
+        let handle = Handle::decode(&ticket.statement_handle, "ticket")?;
+        // The ticket's setting, or this request's header.
+        let execution: Execution = match Self::execution_of(&request)? {
+            Some(e) => e,
+            None => handle.execution.clone().unwrap_or_default(),
+        }
+        .parse()
+        .map_err(|e: String| Status::invalid_argument(format!("ticket: {e}")))?;
         let stream = match self.take_plan(tenant, &ticket.statement_handle) {
             Some(planned) => self
                 .engine
-                .run_planned(planned, self.engine.limits().timeout)
+                .run_planned(
+                    planned.with_execution(execution),
+                    self.engine.limits().timeout,
+                )
                 .await
                 .map_err(|e| logged(&p, e))?,
             None => {
-                let handle = Handle::decode(&ticket.statement_handle, "ticket")?;
                 let Some(seq) = handle.seq else {
                     return Err(Status::invalid_argument("ticket: no commit"));
                 };
@@ -441,7 +482,7 @@ impl FlightSqlService for FlightSql {
                     .map_err(|e| logged(&p, e))?;
                 let params = handle.parameters()?;
                 self.engine
-                    .run(tenant, seq, &handle.sql, params)
+                    .run(tenant, seq, &handle.sql, params, execution)
                     .await
                     .map_err(|e| logged(&p, e))?
             }
@@ -523,6 +564,7 @@ impl FlightSqlService for FlightSql {
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let p = Self::analyst(&request)?;
         let snapshot = Self::snapshot_of(&request)?;
+        let execution = Self::execution_of(&request)?;
         let tenant = p.tenant.as_str();
         let seq = self
             .engine
@@ -541,6 +583,7 @@ impl FlightSqlService for FlightSql {
                 seq: Some(seq),
                 params: None,
                 snapshot: None,
+                execution: execution.clone(),
             };
             self.keep_plan(tenant, key.encode()?, planned);
         }
@@ -554,6 +597,7 @@ impl FlightSqlService for FlightSql {
         let handle = Handle {
             sql: query.query,
             snapshot,
+            execution,
             ..Handle::default()
         };
         Ok(ActionCreatePreparedStatementResult {

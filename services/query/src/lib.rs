@@ -7,6 +7,7 @@
 //! speaks Flight SQL and [`snapshots`] manages named snapshots.
 
 pub mod context;
+pub mod distributed;
 pub mod engine;
 mod error;
 pub mod flight;
@@ -32,7 +33,9 @@ use object_store::ObjectStore;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-pub use engine::{QueryConfig, QueryDeps, QueryEngine, QueryLimits, QueryStream};
+pub use engine::{
+    DistributedConfig, Execution, QueryConfig, QueryDeps, QueryEngine, QueryLimits, QueryStream,
+};
 pub use error::{Error, Result, datafusion_status};
 pub use metrics::QueryMetrics;
 
@@ -74,9 +77,40 @@ impl QueryConfig {
                 args.query_threads
             },
             spill_dir: args.query_spill_dir.clone(),
+            distributed: args
+                .ballista_scheduler
+                .as_deref()
+                .map(|s| DistributedConfig {
+                    scheduler: scheduler_url(s),
+                    threshold_bytes: args.ballista_threshold_bytes,
+                }),
             ..defaults
         }
     }
+}
+
+/// `http://host:port` of a scheduler given as `df://host:port`, `http://host:port` or
+/// `host:port`.
+pub fn scheduler_url(s: &str) -> String {
+    let s = s.trim();
+    let rest = s
+        .strip_prefix("df://")
+        .or_else(|| s.strip_prefix("http://"))
+        .unwrap_or(s);
+    format!("http://{}", rest.trim_end_matches('/'))
+}
+
+/// `(host, port)` of a scheduler given as for [`scheduler_url`].
+pub fn scheduler_host_port(s: &str) -> Result<(String, u16)> {
+    let url = scheduler_url(s);
+    let parsed = url::Url::parse(&url).map_err(|e| Error::invalid("scheduler", e.to_string()))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| Error::invalid("scheduler", format!("{s:?} names no host")))?;
+    Ok((
+        host.trim_matches(['[', ']']).to_string(),
+        parsed.port().unwrap_or(50050),
+    ))
 }
 
 /// The query service's parts, for its own process or the embedded cluster.

@@ -66,6 +66,8 @@ pub struct QueryMetrics {
     pub duration_seconds: Histogram,
     pub result_rows: Counter,
     pub result_bytes: Counter,
+    /// Queries sent to Ballista.
+    pub distributed: Counter,
 }
 
 impl QueryMetrics {
@@ -89,6 +91,11 @@ impl QueryMetrics {
             "Arrow IPC bytes sent to clients",
             m.result_bytes.clone(),
         );
+        r.register(
+            "distributed",
+            "Queries sent to the Ballista scheduler",
+            m.distributed.clone(),
+        );
         m
     }
 
@@ -109,6 +116,7 @@ impl Default for QueryMetrics {
             duration_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
             result_rows: Counter::default(),
             result_bytes: Counter::default(),
+            distributed: Counter::default(),
         }
     }
 }

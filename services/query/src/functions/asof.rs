@@ -228,6 +228,7 @@ impl TableFunctionImpl for AsofEventsFunction {
         let out = Arc::clone(&schema);
         Ok(Arc::new(FunctionTable {
             name,
+            call: None,
             schema,
             plan: Arc::new(move |partitions| {
                 let (env, left, right, only, schema) = (
@@ -362,6 +363,7 @@ impl TableFunctionImpl for SamplesAsofFunction {
         let out = Arc::clone(&schema);
         Ok(Arc::new(FunctionTable {
             name,
+            call: None,
             schema,
             plan: Arc::new(move |partitions| {
                 let (env, types, channels, only, schema) = (

@@ -411,6 +411,7 @@ impl TableFunctionImpl for EpochBandPowerFunction {
         let out_schema = Arc::clone(&schema);
         Ok(Arc::new(FunctionTable {
             name,
+            call: None,
             schema,
             plan: Arc::new(move |partitions| {
                 let (env, window, bands, channels, only, schema) = (

@@ -256,6 +256,7 @@ impl TableFunctionImpl for EpochsFunction {
         let out_schema = Arc::clone(&schema);
         Ok(Arc::new(FunctionTable {
             name,
+            call: None,
             schema,
             plan: Arc::new(move |partitions| {
                 let env = Arc::clone(&env);

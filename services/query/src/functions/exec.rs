@@ -18,9 +18,9 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 
 /// Produces the batches of one partition.
 pub type Work = Arc<dyn Fn(usize) -> BoxStream<'static, Result<RecordBatch>> + Send + Sync>;
@@ -34,6 +34,9 @@ pub struct FunctionTable {
     pub schema: SchemaRef,
     /// Given the target partition count, returns the partitions and their work.
     pub plan: Planner,
+    /// The call that made it, so that its plan can be rebuilt elsewhere (Ballista's
+    /// executors); `None` for a table that only describes a prepared statement.
+    pub call: Option<Arc<super::FunctionCall>>,
 }
 
 impl fmt::Debug for FunctionTable {
@@ -59,14 +62,18 @@ impl TableProvider for FunctionTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let (partitions, work) = (self.plan)(state.config().target_partitions().max(1)).await?;
-        Ok(Arc::new(FunctionExec::new(
-            self.name,
-            Arc::clone(&self.schema),
-            partitions.max(1),
-            work,
-            projection.cloned(),
-        )?))
+        let target = state.config().target_partitions().max(1);
+        let (partitions, work) = (self.plan)(target).await?;
+        Ok(Arc::new(
+            FunctionExec::new(
+                self.name,
+                Arc::clone(&self.schema),
+                partitions.max(1),
+                work,
+                projection.cloned(),
+            )?
+            .with_call(self.call.clone(), target),
+        ))
     }
 }
 
@@ -77,6 +84,8 @@ pub struct FunctionExec {
     work: Work,
     projection: Option<Vec<usize>>,
     cache: Arc<PlanProperties>,
+    /// The call and the partition target it was planned with.
+    call: Option<(Arc<super::FunctionCall>, usize)>,
 }
 
 impl fmt::Debug for FunctionExec {
@@ -114,7 +123,62 @@ impl FunctionExec {
             work,
             projection,
             cache,
+            call: None,
         })
+    }
+
+    fn with_call(mut self, call: Option<Arc<super::FunctionCall>>, target: usize) -> Self {
+        self.call = call.map(|c| (c, target));
+        self
+    }
+
+    /// The function, its output schema (before projection), partitions and projection.
+    pub fn parts(&self) -> (&'static str, &SchemaRef, usize, Option<&[usize]>) {
+        (
+            self.name,
+            &self.full_schema,
+            self.partitions,
+            self.projection.as_deref(),
+        )
+    }
+
+    /// The call this plan came from and the partition target it was planned with.
+    pub fn call(&self) -> Option<&(Arc<super::FunctionCall>, usize)> {
+        self.call.as_ref()
+    }
+
+    /// A plan of `partitions` that runs `call`'s planner when a partition first executes:
+    /// how a plan made elsewhere (the scheduler) is rebuilt where it runs (an executor).
+    pub fn deferred(
+        table: &FunctionTable,
+        target: usize,
+        partitions: usize,
+        projection: Option<Vec<usize>>,
+    ) -> Result<Self> {
+        let planner = Arc::clone(&table.plan);
+        let name = table.name;
+        let work: Work = Arc::new(move |p| {
+            let planner = Arc::clone(&planner);
+            futures::stream::once(async move {
+                let (n, work) = planner(target).await?;
+                if n.max(1) != partitions {
+                    return datafusion::common::internal_err!(
+                        "{name}: planned {partitions} partitions where it was built but {n} here"
+                    );
+                }
+                Ok(work(p))
+            })
+            .try_flatten()
+            .boxed()
+        });
+        Ok(Self::new(
+            name,
+            Arc::clone(&table.schema),
+            partitions,
+            work,
+            projection,
+        )?
+        .with_call(table.call.clone(), target))
     }
 }
 
@@ -216,6 +280,7 @@ pub fn unbound(
     }
     Some(Arc::new(FunctionTable {
         name,
+        call: None,
         schema: schema(),
         plan: Arc::new(move |_| {
             Box::pin(async move {

@@ -98,6 +98,7 @@ impl TableFunctionImpl for ResampleFunction {
         let schema = schema();
         let out = Arc::clone(&schema);
         Ok(Arc::new(FunctionTable {
+            call: None,
             name,
             schema,
             plan: Arc::new(move |partitions| {

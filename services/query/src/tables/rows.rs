@@ -46,6 +46,11 @@ pub struct RowsTable {
 }
 
 impl RowsTable {
+    /// Which table, over which view.
+    pub fn parts(&self) -> (RowTable, &Arc<QueryView>) {
+        (self.table, &self.view)
+    }
+
     pub fn new(table: RowTable, view: Arc<QueryView>, store: Arc<dyn ObjectStore>) -> Self {
         Self {
             table,

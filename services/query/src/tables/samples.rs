@@ -82,6 +82,10 @@ impl SamplesTable {
             schema: samples_schema(),
         }
     }
+
+    pub fn view(&self) -> &Arc<QueryView> {
+        &self.view
+    }
 }
 
 /// A chosen channel: its position, its info, and the sample range its filters allow.
@@ -192,11 +196,7 @@ impl TableProvider for SamplesTable {
                 let mut file = PartitionedFile::new(f.path.clone(), f.size)
                     .with_partition_values(vec![ScalarValue::UInt32(Some(*pos as u32))]);
                 // A live flush's file holds every channel: read this one's row groups.
-                if let Some((mine, total)) = &f.row_groups {
-                    let mut plan = ParquetAccessPlan::new_none(*total);
-                    for g in mine.clone() {
-                        plan.scan(g);
-                    }
+                if let Some(plan) = plan_of(f) {
                     file = file.with_extension(plan);
                 }
                 groups.entry(*range).or_default().push(file);
@@ -272,7 +272,7 @@ impl fmt::Debug for SamplesExec {
 }
 
 impl SamplesExec {
-    fn new(
+    pub(crate) fn new(
         view: Arc<QueryView>,
         input: Option<Arc<dyn ExecutionPlan>>,
         projection: Option<Vec<usize>>,
@@ -507,4 +507,88 @@ impl SamplesExec {
     pub fn file_counts(&self) -> (usize, usize) {
         (self.files_scanned, self.files_pruned)
     }
+
+    pub fn view(&self) -> &Arc<QueryView> {
+        &self.view
+    }
+
+    pub fn projection(&self) -> Option<&[usize]> {
+        self.projection.as_deref()
+    }
+
+    /// The same scan over `input` as decoded elsewhere: Parquet access plans are not part of
+    /// DataFusion's plan encoding, so each file of every channel (a live flush's) gets this
+    /// channel's row groups back from the view, or the scan would read every channel's.
+    pub(crate) fn rebuilt(
+        view: Arc<QueryView>,
+        input: Option<Arc<dyn ExecutionPlan>>,
+        projection: Option<Vec<usize>>,
+        files_pruned: usize,
+        files_scanned: usize,
+    ) -> Result<Self> {
+        use datafusion::common::tree_node::{Transformed, TreeNode};
+        let input = match input {
+            None => None,
+            Some(plan) => Some(
+                plan.transform_down(|node| {
+                    let Some(exec) = (node.as_ref() as &dyn Any).downcast_ref::<DataSourceExec>()
+                    else {
+                        return Ok(Transformed::no(node));
+                    };
+                    let Some((config, _)) = exec.downcast_to_file_source::<ParquetSource>() else {
+                        return Ok(Transformed::no(node));
+                    };
+                    let mut config = config.clone();
+                    let mut changed = false;
+                    for group in &mut config.file_groups {
+                        let files = std::mem::replace(group, FileGroup::new(Vec::new()));
+                        let files = files
+                            .into_inner()
+                            .into_iter()
+                            .map(|f| match access_plan(&view, &f) {
+                                Some(plan) if f.extension::<ParquetAccessPlan>().is_none() => {
+                                    changed = true;
+                                    f.with_extension(plan)
+                                }
+                                _ => f,
+                            })
+                            .collect();
+                        *group = FileGroup::new(files);
+                    }
+                    Ok(if changed {
+                        Transformed::yes(DataSourceExec::from_data_source(config))
+                    } else {
+                        Transformed::no(node)
+                    })
+                })?
+                .data,
+            ),
+        };
+        Self::new(view, input, projection, files_pruned, files_scanned)
+    }
+}
+
+/// The row groups a scanned file holds of its channel, when it holds every channel's.
+fn access_plan(view: &QueryView, file: &PartitionedFile) -> Option<ParquetAccessPlan> {
+    let pos = match file.partition_values.first()? {
+        ScalarValue::UInt32(Some(p)) => *p as usize,
+        _ => return None,
+    };
+    let path = file.object_meta.location.as_ref();
+    let f = view
+        .channels
+        .get(pos)?
+        .files
+        .iter()
+        .find(|f| object_store::path::Path::from(f.path.as_str()).as_ref() == path)?;
+    plan_of(f)
+}
+
+fn plan_of(f: &crate::view::SignalFile) -> Option<ParquetAccessPlan> {
+    let (mine, total) = f.row_groups.as_ref()?;
+    let mut plan = ParquetAccessPlan::new_none(*total);
+    for g in mine.clone() {
+        plan.scan(g);
+    }
+    Some(plan)
 }
