@@ -27,6 +27,10 @@ struct Started {
 
 impl Started {
     fn new(inference_nodes: usize) -> Self {
+        Self::with_ballista(inference_nodes, 0)
+    }
+
+    fn with_ballista(inference_nodes: usize, ballista_executors: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let database = format!("gblc_{}", uuid::Uuid::new_v4().simple());
         let cluster = LocalCluster::start(Spec {
@@ -36,6 +40,7 @@ impl Started {
             postgres: postgres_admin(),
             database: database.clone(),
             inference_nodes,
+            ballista_executors,
             log_level: "info".into(),
         })
         .unwrap_or_else(|e| panic!("the local cluster did not start: {e:#}"));
@@ -95,7 +100,7 @@ async fn model_ready(endpoint: &str, token: &str, model: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_role_runs_in_its_own_process_and_the_cluster_stops_cleanly() {
-    let started = tokio::task::spawn_blocking(|| Started::new(2))
+    let started = tokio::task::spawn_blocking(|| Started::with_ballista(2, 2))
         .await
         .unwrap();
     let c = started.get();
@@ -128,10 +133,12 @@ async fn every_role_runs_in_its_own_process_and_the_cluster_stops_cleanly() {
                  import adbc_driver_flightsql.dbapi as f\n\
                  from adbc_driver_flightsql import DatabaseOptions\n\
                  kw = {DatabaseOptions.AUTHORIZATION_HEADER.value: 'Bearer ' + sys.argv[2]}\n\
-                 with f.connect('grpc://' + sys.argv[1], db_kwargs=kw) as conn:\n\
-                 \x20   cur = conn.cursor()\n\
-                 \x20   cur.execute('SELECT count(*) FROM samples')\n\
-                 \x20   print(cur.fetchone()[0])\n",
+                 for where in ['local', 'distributed']:\n\
+                 \x20   kw['adbc.flight.sql.rpc.call_header.x-gbrain-execution'] = where\n\
+                 \x20   with f.connect('grpc://' + sys.argv[1], db_kwargs=kw) as conn:\n\
+                 \x20       cur = conn.cursor()\n\
+                 \x20       cur.execute('SELECT count(*) FROM samples')\n\
+                 \x20       print(cur.fetchone()[0])\n",
                 &addr,
                 &token,
             ])
@@ -145,7 +152,14 @@ async fn every_role_runs_in_its_own_process_and_the_cluster_stops_cleanly() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "89344");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["89344", "89344"],
+        "on the query node, then on Ballista"
+    );
+    same_results_on_ballista(c).await;
 
     // A decoder pushed to one inference node is served by both (one repository on S3).
     let nodes = [
@@ -243,7 +257,10 @@ async fn every_role_runs_in_its_own_process_and_the_cluster_stops_cleanly() {
             .fetch_one(&mut pg)
             .await
             .unwrap();
-        assert_eq!(n, 2, "the upload and the live stream");
+        assert_eq!(
+            n, 5,
+            "three uploads, the stream compared on Ballista, the loop's stream"
+        );
     }
 
     // Every process drains and exits 0 on SIGTERM, the coordinator first.
@@ -263,9 +280,178 @@ async fn every_role_runs_in_its_own_process_and_the_cluster_stops_cleanly() {
             "inference-1",
             "query",
             "ingest",
+            "ballista-executor-2",
+            "ballista-executor-1",
+            "ballista-scheduler",
             "seaweedfs"
         ]
     );
+}
+
+/// Queries of every kind give the same rows on the query node and on the Ballista scheduler
+/// and executors (each its own process, reading S3), and really run there.
+async fn same_results_on_ballista(c: &LocalCluster) {
+    let ingest = c.process("ingest").endpoint();
+    let query = c.process("query").endpoint();
+    for (file, subject) in [
+        ("eeg_edf/test_generator.edf", "sub-g1"),
+        ("eeg_edf/test_generator.bdf", "sub-g2"),
+    ] {
+        let path = data_dir().join(file);
+        let out = cli(
+            &ingest,
+            &c.submitter_token,
+            &["upload", "--subject", subject, path.to_str().unwrap()],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A live stream left open: its flushes are files of every channel, each channel its own
+    // row groups, which an executor must read alone.
+    const CHUNKS: u64 = 20;
+    let mut conn = live::open(
+        &ingest,
+        &c.submitter_token,
+        "ballista-1",
+        Some(live::layout()),
+    )
+    .await;
+    for seq in 1..=CHUNKS {
+        conn.tx.send(live::chunk(seq)).await.unwrap();
+        assert_eq!(live::ack(&mut conn.rx).await, Some(seq));
+    }
+    let live_id = conn.opened.recording_id.clone();
+    let want = (CHUNKS as usize * live::SAMPLES * live::CHANNELS) as i64;
+    let mut flight = gbrain_cli::sql::connect(&client(query.clone(), &c.analyst_token), None)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, b) = gbrain_cli::sql::collect(
+            &mut flight,
+            &format!("SELECT count(*) FROM samples WHERE recording_id = '{live_id}'"),
+        )
+        .await
+        .unwrap();
+        let n = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b[0].column(0))
+            .value(0);
+        if n == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} of {want} live samples flushed"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let live_samples = format!(
+        "SELECT channel, sample_index, t, value FROM samples WHERE recording_id = '{live_id}'"
+    );
+    let live_resampled =
+        format!("SELECT channel, t, value FROM resample(100.0, '', '{live_id}') WHERE t < 2");
+    let queries = [
+        live_samples.as_str(),
+        live_resampled.as_str(),
+        // Scans of every channel of three recordings, aggregated across stages.
+        "SELECT recording_id, channel, count(*) AS n, sum(value) AS s, min(t) AS t0, \
+         max(time) AS t1 FROM samples GROUP BY recording_id, channel",
+        // Filters pushed into the scan; a join of signal with catalog tables.
+        "SELECT c.label, r.format, count(*) AS n, avg(s.value) AS m FROM samples s \
+         JOIN channels c ON s.recording_id = c.recording_id AND s.channel = c.label \
+         JOIN recordings r ON r.recording_id = s.recording_id \
+         WHERE s.t BETWEEN 1.5 AND 7.25 GROUP BY c.label, r.format",
+        // The aggregate of this project.
+        "SELECT recording_id, channel, band_power(value, t, sample_rate, 8, 13) AS alpha \
+         FROM samples WHERE t < 20 GROUP BY recording_id, channel",
+        // Table functions, planned again on the executors.
+        "SELECT recording_id, channel, count(*) AS n, sum(value) AS s \
+         FROM epochs('Recording starts', 0, 0.5) GROUP BY recording_id, channel",
+        "SELECT event_type, channel, t_rel, value FROM erp('Recording starts', 0, 0.25)",
+        "SELECT band, channel, power FROM epoch_band_power('Recording starts', 0, 2, 'alpha,beta')",
+        "SELECT channel, count(*) AS n, sum(value) AS s FROM resample(50.0) GROUP BY channel",
+        "SELECT * FROM asof_events('Recording starts', 'Recording ends', 'forward')",
+        "SELECT e.type, e.onset, count(*) AS n FROM events e JOIN samples s \
+         ON s.recording_id = e.recording_id AND s.t BETWEEN e.onset AND e.onset + 1 \
+         GROUP BY e.type, e.onset",
+    ];
+    let metrics = c.process("query").http;
+    let before = metric_sum(metrics, "gbrain_query_distributed_total", "");
+    let server = client(query.clone(), &c.analyst_token);
+    let mut local = gbrain_cli::sql::connect_with(&server, None, Some("local"))
+        .await
+        .unwrap();
+    let mut ballista = gbrain_cli::sql::connect_with(&server, None, Some("distributed"))
+        .await
+        .unwrap();
+    for sql in queries {
+        let (_, a) = gbrain_cli::sql::collect(&mut local, sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let (_, b) = gbrain_cli::sql::collect(&mut ballista, sql)
+            .await
+            .unwrap_or_else(|e| panic!("on Ballista: {sql}: {e}"));
+        let (a, b) = (sorted_rows(&a), sorted_rows(&b));
+        assert!(!a.is_empty(), "{sql}: no rows to compare");
+        assert_eq!(a, b, "{sql}: one node and Ballista differ");
+        println!("same on Ballista ({} rows): {sql}", a.len());
+    }
+    let after = metric_sum(metrics, "gbrain_query_distributed_total", "");
+    assert_eq!(
+        after - before,
+        queries.len() as u64,
+        "every query with the header went to the scheduler"
+    );
+    // The executors ran tasks.
+    for e in ["ballista-executor-1", "ballista-executor-2"] {
+        let log = std::fs::read_to_string(&c.process(e).log).unwrap();
+        println!("{e}: {} tasks", log.matches("Finished task").count());
+    }
+    let ran: usize = ["ballista-executor-1", "ballista-executor-2"]
+        .iter()
+        .map(|e| {
+            std::fs::read_to_string(&c.process(e).log)
+                .unwrap()
+                .matches("Finished task")
+                .count()
+        })
+        .sum();
+    assert!(
+        ran >= queries.len(),
+        "{ran} tasks finished on the executors"
+    );
+}
+
+/// Each row as text, floats rounded to 9 significant digits (Ballista sums partitions in
+/// another order), sorted.
+fn sorted_rows(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
+    use arrow::array::{Array, AsArray};
+    let mut rows = Vec::new();
+    for b in batches {
+        for i in 0..b.num_rows() {
+            let cells: Vec<String> = b
+                .columns()
+                .iter()
+                .map(|c| {
+                    if c.is_null(i) {
+                        return "NULL".to_string();
+                    }
+                    match c.data_type() {
+                        arrow::datatypes::DataType::Float64 => {
+                            let v = c.as_primitive::<arrow::datatypes::Float64Type>().value(i);
+                            format!("{v:.9e}")
+                        }
+                        _ => arrow::util::display::array_value_to_string(c, i).unwrap_or_default(),
+                    }
+                })
+                .collect();
+            rows.push(cells.join(" | "));
+        }
+    }
+    rows.sort();
+    rows
 }
 
 /// kill -9 of the ingest process mid-stream, SeaweedFS stopped for 10 s while a stream and an

@@ -397,3 +397,97 @@ async fn another_tenant_sees_none_of_it() {
     assert_eq!(i64s(&erp, "n")[0], 2 * 65);
     sb.stop().await;
 }
+
+/// Where a query runs: `x-gbrain-execution` per query, else the size of what its scans read
+/// against the threshold. The scheduler here accepts no connection, so a query sent to it
+/// fails, and one kept on the node answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_queries_go_to_ballista_and_a_query_can_choose() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let scheduler = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let options = |threshold: u64| gbrain_integration_tests::Options {
+        query: gbrain_query::QueryConfig {
+            threads: 2,
+            distributed: Some(gbrain_query::DistributedConfig {
+                scheduler: scheduler.clone(),
+                threshold_bytes: threshold,
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let scan = "SELECT count(*) AS n FROM samples";
+    let args = |sb: &Sandbox| gbrain_common::clap_blocks::ClientArgs {
+        server: sb.endpoint(),
+        token: Some(ANALYST_TOKEN.to_string()),
+        json: false,
+        tls: Default::default(),
+    };
+
+    // Below the threshold: here.
+    let sb = Sandbox::start_with(options(u64::MAX)).await;
+    fusion::load(&sb).await;
+    let n = i64s(&sb.sql(ANALYST_TOKEN, scan).await.unwrap(), "n")[0];
+    assert!(n > 0);
+    assert_eq!(sent(&sb).await, 0);
+    // Asked for: to the scheduler, whatever the size.
+    let mut distributed = gbrain_cli::sql::connect_with(&args(&sb), None, Some("distributed"))
+        .await
+        .unwrap();
+    let err = gbrain_cli::sql::collect(&mut distributed, scan)
+        .await
+        .expect_err("the scheduler is not there");
+    println!("sent to a scheduler that is not there: {err}");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    assert_eq!(sent(&sb).await, 1);
+    // A setting that is none of the three.
+    let mut bad = gbrain_cli::sql::connect_with(&args(&sb), None, Some("everywhere"))
+        .await
+        .unwrap();
+    let err = gbrain_cli::sql::collect(&mut bad, scan).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("x-gbrain-execution"), "{err}");
+    sb.stop().await;
+
+    // At the threshold: to the scheduler, unless the query asks to stay.
+    let sb = Sandbox::start_with(options(1)).await;
+    fusion::load(&sb).await;
+    assert!(sb.sql(ANALYST_TOKEN, scan).await.is_err());
+    assert_eq!(sent(&sb).await, 1);
+    let mut local = gbrain_cli::sql::connect_with(&args(&sb), None, Some("local"))
+        .await
+        .unwrap();
+    let (_, b) = gbrain_cli::sql::collect(&mut local, scan).await.unwrap();
+    assert_eq!(b[0].column(0).as_primitive::<Int64Type>().value(0), n);
+    // A query that scans no stored file stays, whatever the threshold.
+    let r = sb
+        .sql(ANALYST_TOKEN, "SELECT count(*) AS n FROM recordings")
+        .await
+        .unwrap();
+    assert!(i64s(&r, "n")[0] > 0);
+    assert_eq!(sent(&sb).await, 1);
+    sb.stop().await;
+
+    // Without a scheduler, asking for Ballista is refused, naming the setting.
+    let sb = Sandbox::start().await;
+    let mut distributed = gbrain_cli::sql::connect_with(&args(&sb), None, Some("distributed"))
+        .await
+        .unwrap();
+    let err = gbrain_cli::sql::collect(&mut distributed, "SELECT 1")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(err.message().contains("--ballista-scheduler"), "{err}");
+    sb.stop().await;
+}
+
+/// Queries the service sent to Ballista, from its metrics.
+async fn sent(sb: &Sandbox) -> u64 {
+    sb.metrics_text()
+        .await
+        .lines()
+        .find(|l| l.starts_with("gbrain_query_distributed_total"))
+        .and_then(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .unwrap_or(0)
+}

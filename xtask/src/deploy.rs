@@ -157,7 +157,7 @@ const SCENARIOS: &[Scenario] = &[
         kinds: &[
             ("Deployment", 5),
             ("StatefulSet", 1),
-            ("Service", 9),
+            ("Service", 8),
             ("PodDisruptionBudget", 5),
         ],
         contains: &[
@@ -165,6 +165,7 @@ const SCENARIOS: &[Scenario] = &[
             "volumeClaimTemplates:",
             "args: [\"serve\", \"ballista-scheduler\"]",
             "args: [\"serve\", \"ballista-executor\"]",
+            "value: \"df://gb-ballista-scheduler:50050\"",
         ],
         absent: &[],
     },

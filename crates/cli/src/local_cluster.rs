@@ -46,6 +46,9 @@ pub struct Spec {
     pub database: String,
     /// Inference nodes to start.
     pub inference_nodes: usize,
+    /// Ballista executors to start (with a scheduler, which the query service sends large
+    /// queries to); 0 starts no Ballista.
+    pub ballista_executors: usize,
     /// `RUST_LOG` of the processes.
     pub log_level: String,
 }
@@ -53,7 +56,8 @@ pub struct Spec {
 /// One process of the cluster.
 #[derive(Debug)]
 pub struct Process {
-    /// `ingest`, `query`, `inference-1`..., `coordinator`.
+    /// `ballista-scheduler`, `ballista-executor-1`..., `ingest`, `query`, `inference-1`...,
+    /// `coordinator`.
     pub name: String,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
@@ -93,7 +97,8 @@ pub struct Weed {
 pub struct LocalCluster {
     pub spec: Spec,
     pub weed: Weed,
-    /// In start order: ingest, query, inference nodes, coordinator.
+    /// In start order: the Ballista scheduler and executors, ingest, query, inference nodes,
+    /// coordinator.
     pub processes: Vec<Process>,
     /// The catalog's URL.
     pub catalog: String,
@@ -184,9 +189,50 @@ impl LocalCluster {
             "--wal-dir".into(),
             cluster.spec.dir.join("ingest-wal").into(),
         ]);
+        let mut planned = Vec::new();
         let mut query = common("query");
         query.extend(["--catalog".into(), cluster.catalog.clone().into()]);
-        let mut planned = vec![("ingest".to_string(), ingest), ("query".to_string(), query)];
+        if cluster.spec.ballista_executors > 0 {
+            // Ballista first: the query service is told where its scheduler is.
+            let store = cluster.object_store.clone();
+            cluster.add(
+                "ballista-scheduler",
+                vec![
+                    "serve".into(),
+                    "ballista-scheduler".into(),
+                    "--object-store".into(),
+                    store.clone().into(),
+                ],
+            )?;
+            let scheduler = cluster.process("ballista-scheduler").grpc.to_string();
+            for i in 1..=cluster.spec.ballista_executors {
+                let args: Vec<OsString> = vec![
+                    "serve".into(),
+                    "ballista-executor".into(),
+                    "--object-store".into(),
+                    store.clone().into(),
+                    "--scheduler".into(),
+                    scheduler.clone().into(),
+                    "--flight-port".into(),
+                    free_addr()?.port().to_string().into(),
+                    "--grpc-port".into(),
+                    free_addr()?.port().to_string().into(),
+                    "--work-dir".into(),
+                    cluster
+                        .spec
+                        .dir
+                        .join(format!("ballista-executor-{i}"))
+                        .into(),
+                ];
+                std::fs::create_dir_all(cluster.spec.dir.join(format!("ballista-executor-{i}")))?;
+                planned.push((format!("ballista-executor-{i}"), args));
+            }
+            query.extend([
+                "--ballista-scheduler".into(),
+                format!("df://{scheduler}").into(),
+            ]);
+        }
+        planned.extend([("ingest".to_string(), ingest), ("query".to_string(), query)]);
         for i in 1..=cluster.spec.inference_nodes {
             planned.push((format!("inference-{i}"), common("inference")));
         }
@@ -294,14 +340,16 @@ impl LocalCluster {
             .open(&p.log)
             .with_context(|| format!("opening {}", p.log.display()))?;
         let mut cmd = Command::new(&self.spec.gbrain);
-        cmd.args(&p.args)
-            .arg("--listen")
-            .arg(p.grpc.to_string())
-            .arg("--http")
-            .arg(p.http.to_string())
-            // As behind a load balancer: NOT_SERVING for a second before the listener closes.
-            .args(["--drain-seconds", &DRAIN_SECONDS.to_string()])
-            .env("RUST_LOG", &self.spec.log_level)
+        cmd.args(&p.args).arg("--listen").arg(p.grpc.to_string());
+        // Ballista's roles have no metrics port and no drain of their own.
+        if !p.name.starts_with("ballista-") {
+            cmd.arg("--http")
+                .arg(p.http.to_string())
+                // As behind a load balancer: NOT_SERVING for a second before the listener
+                // closes.
+                .args(["--drain-seconds", &DRAIN_SECONDS.to_string()]);
+        }
+        cmd.env("RUST_LOG", &self.spec.log_level)
             // Its own process group: Ctrl-C reaches the cluster, which stops it in order.
             .process_group(0)
             .stdin(Stdio::null())

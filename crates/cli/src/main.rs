@@ -156,6 +156,9 @@ enum LocalClusterCommand {
         database: String,
         #[arg(long, default_value_t = 2)]
         inference_nodes: usize,
+        /// Ballista executors (with a scheduler); 0 starts no Ballista.
+        #[arg(long, default_value_t = 2)]
+        ballista_executors: usize,
     },
     /// Stops the cluster running from --dir.
     Down {
@@ -390,6 +393,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 postgres,
                 database,
                 inference_nodes,
+                ballista_executors,
             } => {
                 let spec = gbrain_cli::local_cluster::Spec {
                     dir,
@@ -398,6 +402,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     postgres,
                     database,
                     inference_nodes,
+                    ballista_executors,
                     log_level: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
                 };
                 gbrain_cli::local_cluster::up(spec).await

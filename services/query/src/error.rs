@@ -103,6 +103,10 @@ impl From<Error> for Status {
 pub fn datafusion_status(e: &DataFusionError) -> Status {
     let root = e.find_root();
     let message = root.to_string();
+    // Ballista reports a scheduler or executor it cannot reach as text of tonic's error.
+    if message.contains("tonic::transport::Error") {
+        return Status::unavailable(format!("Ballista could not be reached: {message}"));
+    }
     match root {
         DataFusionError::SQL(..)
         | DataFusionError::Plan(_)
