@@ -159,6 +159,7 @@ const SCENARIOS: &[Scenario] = &[
             ("StatefulSet", 1),
             ("Service", 8),
             ("PodDisruptionBudget", 5),
+            ("NetworkPolicy", 2),
         ],
         contains: &[
             "name: GBRAIN_WAL_DIR",
