@@ -476,6 +476,11 @@ impl Catalog {
         write_id: &str,
     ) -> Result<AppendOutcome> {
         let mut tx = self.pool.begin().await?;
+        // The commit counter first, in every transaction that takes a number: one lock order,
+        // so that two commits never wait on each other's rows (a deadlock otherwise, as an
+        // attach waiting for the counter while a live flush holding it waits for the
+        // recording's row).
+        let seq = next_seq(&mut tx).await?;
         let updated = sqlx::query(
             "UPDATE recordings SET num_events = num_events + $1, stored_bytes = stored_bytes + $2 \
              WHERE tenant = $3 AND recording_id = $4",
@@ -511,7 +516,6 @@ impl Catalog {
                 return Err(e.into());
             }
         }
-        let seq = next_seq(&mut tx).await?;
         insert_file(&mut tx, tenant, recording_id, file, seq).await?;
         clear_write(&mut tx, write_id).await?;
         let total: i64 = sqlx::query(
@@ -538,6 +542,8 @@ impl Catalog {
         write_id: &str,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
+        // The counter first: see append_events.
+        let seq = next_seq(&mut tx).await?;
         let updated = sqlx::query(
             "UPDATE recordings SET stored_bytes = stored_bytes + $1 \
              WHERE tenant = $2 AND recording_id = $3",
@@ -551,7 +557,6 @@ impl Catalog {
             tx.rollback().await?;
             return Ok(false);
         }
-        let seq = next_seq(&mut tx).await?;
         insert_file(&mut tx, tenant, recording_id, file, seq).await?;
         clear_write(&mut tx, write_id).await?;
         tx.commit().await?;
@@ -822,6 +827,8 @@ impl Catalog {
         stream: &LiveStreamRow,
     ) -> Result<LiveOpen> {
         let mut tx = self.pool.begin().await?;
+        // The counter first: see append_events.
+        let seq = next_seq(&mut tx).await?;
         let insert = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO live_streams ({LIVE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         )))
@@ -845,7 +852,6 @@ impl Catalog {
             }
             return Err(e.into());
         }
-        let seq = next_seq(&mut tx).await?;
         insert_recording(&mut tx, rec, seq).await?;
         tx.commit().await?;
         Ok(LiveOpen::Created)
@@ -888,6 +894,12 @@ impl Catalog {
     /// committed) changes nothing and returns false.
     pub async fn commit_live_flush(&self, flush: &LiveFlush) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
+        // The counter first: see append_events.
+        let seq = if flush.files.is_empty() {
+            None
+        } else {
+            Some(next_seq(&mut tx).await?)
+        };
         let moved = sqlx::query(
             "UPDATE live_streams SET flushed_seq = $1, flushed_samples = $2, closed = $3 \
              WHERE tenant = $4 AND stream_id = $5 AND recording_id = $6 AND flushed_seq <= $1 \
@@ -905,8 +917,7 @@ impl Catalog {
             tx.rollback().await?;
             return Ok(false);
         }
-        if !flush.files.is_empty() {
-            let seq = next_seq(&mut tx).await?;
+        if let Some(seq) = seq {
             let bytes: i64 = flush.files.iter().map(|f| f.size_bytes).sum();
             sqlx::query(
                 "UPDATE recordings SET num_samples = $1 * num_signals, duration_s = $2, \

@@ -674,6 +674,102 @@ async fn live_streams_commit_their_flushes_once(c: &Catalog) {
 }
 both!(live_streams_commit_their_flushes_once);
 
+/// A live stream's flushes, the loop's prediction files and event appends on one recording,
+/// all at once (the cluster's ingest and coordinator do this): every commit lands, none is
+/// refused by a deadlock, and each takes its own commit number.
+async fn concurrent_commits_on_one_recording_never_deadlock(c: &Catalog) {
+    let mut rec = recording("a", "live-c", "live-sha-c");
+    rec.row.format = "LIVE".into();
+    rec.files.clear();
+    let stream = LiveStreamRow {
+        tenant: "a".into(),
+        stream_id: "sc".into(),
+        recording_id: "live-c".into(),
+        owner: "node-1".into(),
+        layout_hex: "0a00".into(),
+        flushed_seq: 0,
+        flushed_samples: 0,
+        closed: false,
+        created_ns: 5,
+    };
+    assert_eq!(
+        c.create_live_stream(&rec, &stream).await.unwrap(),
+        LiveOpen::Created
+    );
+    const EACH: i64 = 24;
+    let seq_before = c.current_seq().await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 1..=EACH {
+        for kind in 0..3 {
+            let c = c.clone();
+            let write_id = format!("w-{kind}-{i}");
+            pending(&c, "a", &write_id).await;
+            tasks.spawn(async move {
+                let file = |kind: FileKind, path: String| DataFileRow {
+                    path,
+                    kind,
+                    channel_index: (kind == FileKind::Signal).then_some(0),
+                    first_row: (i - 1) * 100,
+                    num_rows: 100,
+                    size_bytes: 10,
+                };
+                match kind {
+                    0 => c
+                        .commit_live_flush(&LiveFlush {
+                            tenant: "a".into(),
+                            stream_id: "sc".into(),
+                            recording_id: "live-c".into(),
+                            files: vec![file(FileKind::Signal, format!("flush-{i}"))],
+                            flushed_seq: i,
+                            flushed_samples: i * 100,
+                            duration_s: i as f64,
+                            closed: false,
+                            write_id: Some(write_id),
+                        })
+                        .await
+                        .map(|_| ()),
+                    1 => c
+                        .attach_file(
+                            "a",
+                            "live-c",
+                            &file(FileKind::Predictions, format!("pred-{i}")),
+                            &write_id,
+                        )
+                        .await
+                        .map(|attached| assert!(attached)),
+                    _ => c
+                        .append_events(
+                            "a",
+                            "live-c",
+                            &file(FileKind::Events, format!("events-{i}")),
+                            None,
+                            &write_id,
+                        )
+                        .await
+                        .map(|_| ()),
+                }
+            });
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap()
+            .unwrap_or_else(|e| panic!("a commit failed: {e}"));
+    }
+    // Flushes racing each other may find a later one committed first (and change nothing);
+    // every attach and append is a commit of its own.
+    let commits = c.current_seq().await.unwrap() - seq_before;
+    assert!(commits >= 2 * EACH + 1, "{commits} commits");
+    let view = c
+        .tenant_view("a", c.current_seq().await.unwrap())
+        .await
+        .unwrap();
+    let count = |k: FileKind| view.files.iter().filter(|(_, f)| f.kind == k).count() as i64;
+    assert_eq!(count(FileKind::Predictions), EACH);
+    assert_eq!(count(FileKind::Events), EACH);
+    assert!(count(FileKind::Signal) >= 1);
+}
+both!(concurrent_commits_on_one_recording_never_deadlock);
+
 async fn compactions_replace_files_and_snapshots_pin_the_old_ones(c: &Catalog) {
     commit(c, &recording("a", "r1", "s1")).await;
     let old = recording("a", "r1", "s1").files[0].clone();
