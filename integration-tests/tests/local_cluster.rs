@@ -745,8 +745,12 @@ async fn inference_scales_out_drains_and_fails_under_load() {
     .await
     .unwrap();
     wait_model(c, "inference-1", &model).await;
+    // Sixteen streams at once: flushes, prediction files and stream opens commit together
+    // (they once deadlocked in PostgreSQL).
+    const SESSIONS: usize = 16;
     let target = Target::of(c);
-    let (one, windows, errors) = load(target.clone(), model.clone(), 4, 30.0, 30, false).await;
+    let (one, windows, errors) =
+        load(target.clone(), model.clone(), SESSIONS, 30.0, 30, false).await;
     assert_eq!(errors, 0);
     assert!(windows > 0);
 
@@ -768,7 +772,8 @@ async fn inference_scales_out_drains_and_fails_under_load() {
     let _ = load(target.clone(), model.clone(), 1, 3.0, 33, false).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before: Vec<u64> = added.iter().map(|n| answered(c.process(n).http)).collect();
-    let (three, windows, errors) = load(target.clone(), model.clone(), 4, 30.0, 31, false).await;
+    let (three, windows, errors) =
+        load(target.clone(), model.clone(), SESSIONS, 30.0, 31, false).await;
     assert_eq!(errors, 0);
     assert!(windows > 0);
     for (node, before) in added.iter().zip(before) {
@@ -779,8 +784,8 @@ async fn inference_scales_out_drains_and_fails_under_load() {
         );
     }
     println!(
-        "4 sessions as fast as acks come: {one:.0} windows/s on 1 inference node, {three:.0} \
-         windows/s on 3 (every node on the same 2 CPUs)"
+        "{SESSIONS} sessions as fast as acks come: {one:.0} windows/s on 1 inference node, \
+         {three:.0} windows/s on 3 (every node on the same 2 CPUs)"
     );
 
     // Under load: SIGTERM inference-2 (it reports NOT_SERVING, drains, exits 0), then kill -9
