@@ -557,16 +557,17 @@ async fn snapshots_keep_answering_the_same(c: &Catalog) {
 }
 both!(snapshots_keep_answering_the_same);
 
-async fn live_streams_commit_their_flushes_once(c: &Catalog) {
-    let mut rec = recording("a", "live-1", "live-sha-1");
+/// A new live stream `stream_id` of tenant `a` on node-1, and its recording.
+fn live(stream_id: &str, recording_id: &str) -> (NewRecording, LiveStreamRow) {
+    let mut rec = recording("a", recording_id, &format!("sha-{recording_id}"));
     rec.row.format = "LIVE".into();
     rec.row.num_samples = 0;
     rec.channels[0].num_samples = 0;
     rec.files.clear();
     let stream = LiveStreamRow {
         tenant: "a".into(),
-        stream_id: "s1".into(),
-        recording_id: "live-1".into(),
+        stream_id: stream_id.into(),
+        recording_id: recording_id.into(),
         owner: "node-1".into(),
         layout_hex: "0a00".into(),
         flushed_seq: 0,
@@ -574,6 +575,11 @@ async fn live_streams_commit_their_flushes_once(c: &Catalog) {
         closed: false,
         created_ns: 5,
     };
+    (rec, stream)
+}
+
+async fn live_streams_commit_their_flushes_once(c: &Catalog) {
+    let (rec, stream) = live("s1", "live-1");
     assert_eq!(
         c.create_live_stream(&rec, &stream).await.unwrap(),
         LiveOpen::Created
@@ -678,20 +684,7 @@ both!(live_streams_commit_their_flushes_once);
 /// all at once (the cluster's ingest and coordinator do this): every commit lands, none is
 /// refused by a deadlock, and each takes its own commit number.
 async fn concurrent_commits_on_one_recording_never_deadlock(c: &Catalog) {
-    let mut rec = recording("a", "live-c", "live-sha-c");
-    rec.row.format = "LIVE".into();
-    rec.files.clear();
-    let stream = LiveStreamRow {
-        tenant: "a".into(),
-        stream_id: "sc".into(),
-        recording_id: "live-c".into(),
-        owner: "node-1".into(),
-        layout_hex: "0a00".into(),
-        flushed_seq: 0,
-        flushed_samples: 0,
-        closed: false,
-        created_ns: 5,
-    };
+    let (rec, stream) = live("sc", "live-c");
     assert_eq!(
         c.create_live_stream(&rec, &stream).await.unwrap(),
         LiveOpen::Created

@@ -165,6 +165,13 @@ fn from_ipc(bytes: &[u8]) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatc
     Ok((schema, batches))
 }
 
+/// An aggregate function of this project, by name.
+fn our_aggregate(name: &str) -> Option<Arc<AggregateUDF>> {
+    crate::functions::aggregate_functions()
+        .into_iter()
+        .find(|f| f.name() == name)
+}
+
 fn not_distributable(what: &str) -> DataFusionError {
     DataFusionError::NotImplemented(format!(
         "{what} cannot run on Ballista; run the query on one node (x-gbrain-execution: local)"
@@ -265,10 +272,7 @@ impl LogicalExtensionCodec for Codec {
     }
 
     fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> Result<Arc<AggregateUDF>> {
-        match crate::functions::aggregate_functions()
-            .into_iter()
-            .find(|f| f.name() == name)
-        {
+        match our_aggregate(name) {
             Some(f) => Ok(f),
             None => self.logical.try_decode_udaf(name, buf),
         }
@@ -360,10 +364,7 @@ impl PhysicalExtensionCodec for Codec {
     }
 
     fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> Result<Arc<AggregateUDF>> {
-        match crate::functions::aggregate_functions()
-            .into_iter()
-            .find(|f| f.name() == name)
-        {
+        match our_aggregate(name) {
             Some(f) => Ok(f),
             None => self.physical.try_decode_udaf(name, buf),
         }
