@@ -422,6 +422,31 @@ async fn same_results_on_ballista(c: &LocalCluster) {
         ran >= queries.len(),
         "{ran} tasks finished on the executors"
     );
+
+    // A client that goes away mid-result: the query service cancels the job on the scheduler
+    // (Ballista's client would leave it running).
+    let mut flight = gbrain_cli::sql::connect_with(&server, None, Some("distributed"))
+        .await
+        .unwrap();
+    let (_, mut streams) = gbrain_cli::sql::query(&mut flight, "SELECT * FROM samples")
+        .await
+        .unwrap();
+    use futures::StreamExt;
+    assert!(streams[0].next().await.is_some(), "a first batch");
+    drop(streams);
+    drop(flight);
+    let scheduler_log = &c.process("ballista-scheduler").log;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(scheduler_log)
+        .unwrap()
+        .contains("Received cancellation request for job")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job of a query whose client left was never cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Each row as text, floats rounded to 9 significant digits (Ballista sums partitions in

@@ -470,6 +470,17 @@ impl LocalCluster {
             self.weed.s3
         );
         for p in &self.processes {
+            if p.name.starts_with("ballista-") {
+                // Ballista's roles: a gRPC port (the scheduler's API, an executor's health),
+                // no metrics.
+                out.push_str(&format!(
+                    "  {}: gRPC {}, log {}\n",
+                    p.name,
+                    p.endpoint(),
+                    p.log.display()
+                ));
+                continue;
+            }
             out.push_str(&format!(
                 "  {}: gRPC {}, metrics http://{}/metrics, log {}\n",
                 p.name,
@@ -920,8 +931,9 @@ pub fn down(dir: &Path) -> anyhow::Result<std::process::ExitCode> {
         .with_context(|| format!("{} does not hold a pid", file.display()))?;
     rustix::process::kill_process(pid, rustix::process::Signal::TERM)
         .with_context(|| format!("signalling the cluster (pid {})", pid.as_raw_nonzero()))?;
-    // Each process has STOP_TIMEOUT; the cluster removes its pid file when done.
-    let deadline = Instant::now() + STOP_TIMEOUT * 8;
+    // Each process has STOP_TIMEOUT; the cluster removes its pid file when done. Its process
+    // count is not known here: allow for a large one.
+    let deadline = Instant::now() + STOP_TIMEOUT * 16;
     while file.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -282,12 +282,19 @@ fn dev_token(data_dir: &Path) -> anyhow::Result<(String, PathBuf)> {
     Ok((token, path))
 }
 
-/// The host a Ballista role tells others to reach it at.
-fn advertised_host(given: &Option<String>, listen: std::net::SocketAddr) -> String {
+/// The host a Ballista role tells others to reach it at: `--advertise-host`, or the listen
+/// address when it names one (listening on every address, others cannot guess which).
+fn advertised_host(given: &Option<String>, listen: std::net::SocketAddr) -> anyhow::Result<String> {
     match given {
-        Some(h) => h.clone(),
-        None if listen.ip().is_unspecified() => "127.0.0.1".to_string(),
-        None => listen.ip().to_string(),
+        Some(h) if !h.trim().is_empty() => Ok(h.trim().to_string()),
+        _ if listen.ip().is_unspecified() => Err(anyhow::anyhow!(
+            "--advertise-host (GBRAIN_ADVERTISE_HOST) is needed with --listen {listen}: the \
+             address others reach this process at"
+        )),
+        _ => Ok(match listen.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        }),
     }
 }
 
@@ -303,7 +310,7 @@ pub async fn ballista_scheduler(args: BallistaSchedulerServeArgs) -> anyhow::Res
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let host = advertised_host(&args.advertise_host, addr);
+    let host = advertised_host(&args.advertise_host, addr)?;
     println!("ballista-scheduler: grpc://{addr} (Ballista scheduler API, grpc.health.v1)");
     gbrain_query::distributed::run_scheduler(
         listener,
@@ -328,12 +335,12 @@ pub async fn ballista_executor(args: BallistaExecutorServeArgs) -> anyhow::Resul
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = health.local_addr()?;
-    let host = advertised_host(&args.advertise_host, addr);
+    let host = advertised_host(&args.advertise_host, addr)?;
     let scheduler = gbrain_query::scheduler_host_port(&args.scheduler)?;
-    let bind_host = if addr.ip().is_unspecified() {
-        addr.ip().to_string()
-    } else {
-        host.clone()
+    // Ballista binds "{host}:{port}": the listen address's IP, bracketed when IPv6.
+    let bind_host = match addr.ip() {
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
     };
     let options = gbrain_query::distributed::ExecutorOptions {
         scheduler,

@@ -36,6 +36,10 @@ use crate::functions::{FunctionCall, FunctionEnv, FunctionExec, FunctionTable};
 use crate::tables::{RowsTable, SamplesExec, SamplesTable};
 use crate::view::{QueryView, RowTable};
 
+/// Largest gRPC message between the query service, the scheduler and the executors: a plan
+/// carries the tenant's view, which grows with its files (Ballista's default is 16 MiB).
+pub const MAX_PLAN_BYTES: usize = 256 << 20;
+
 /// Starts every encoding of ours, so that Ballista's own nodes are told apart.
 const MAGIC: &[u8] = b"gbrain/1:";
 
@@ -371,11 +375,13 @@ impl PhysicalExtensionCodec for Codec {
     }
 }
 
-/// Bytes of stored files a local plan's scans read: the Parquet files its scans chose, and
-/// for a table function every signal file of its view (it reads only the windows it needs,
-/// so this is an upper bound).
+/// Bytes of stored files a local plan's scans read: the Parquet files its scans chose (of a
+/// live flush's file of every channel, the share of row groups a channel's scan reads), and
+/// for a table function every signal file of its view once (it reads only the windows it
+/// needs, so this is an upper bound).
 pub fn scan_bytes(plan: &Arc<dyn ExecutionPlan>) -> u64 {
     use datafusion::datasource::physical_plan::FileScanConfig;
+    use datafusion::datasource::physical_plan::parquet::ParquetAccessPlan;
     use datafusion::datasource::source::DataSourceExec;
     let any: &dyn std::any::Any = plan.as_ref();
     let own = if let Some(e) = any.downcast_ref::<DataSourceExec>() {
@@ -385,16 +391,23 @@ pub fn scan_bytes(plan: &Arc<dyn ExecutionPlan>) -> u64 {
                 c.file_groups
                     .iter()
                     .flat_map(|g| g.iter())
-                    .map(|f| f.object_meta.size)
+                    .map(|f| match f.extension::<ParquetAccessPlan>() {
+                        Some(p) if !p.is_empty() => {
+                            f.object_meta.size * p.row_group_indexes().len() as u64 / p.len() as u64
+                        }
+                        _ => f.object_meta.size,
+                    })
                     .sum()
             })
     } else if let Some(e) = any.downcast_ref::<FunctionExec>() {
         e.call().map_or(0, |(call, _)| {
+            let mut seen = std::collections::HashSet::new();
             call.env
                 .view
                 .channels
                 .iter()
                 .flat_map(|c| c.files.iter())
+                .filter(|f| seen.insert(f.path.as_str()))
                 .map(|f| f.size)
                 .sum()
         })
@@ -402,6 +415,37 @@ pub fn scan_bytes(plan: &Arc<dyn ExecutionPlan>) -> u64 {
         0
     };
     own + plan.children().into_iter().map(scan_bytes).sum::<u64>()
+}
+
+/// Cancels the Ballista job of `plan` (a query that stopped early: its time limit, its client
+/// gone, an error), which Ballista's client leaves running when its stream is dropped.
+pub async fn cancel_job(plan: &Arc<dyn ExecutionPlan>, scheduler: &str) {
+    use ballista_core::execution_plans::DistributedQueryExec;
+    use ballista_core::serde::protobuf::CancelJobParams;
+    use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+    let Some(exec) = (plan.as_ref() as &dyn std::any::Any)
+        .downcast_ref::<DistributedQueryExec<datafusion_proto::protobuf::LogicalPlanNode>>()
+    else {
+        return;
+    };
+    let Some(job) = exec.job_id() else {
+        return;
+    };
+    let job = job.to_string();
+    let cancelled = async {
+        let mut client = SchedulerGrpcClient::connect(scheduler.to_string()).await?;
+        client
+            .cancel_job(CancelJobParams {
+                job_id: job.clone(),
+            })
+            .await?;
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(10), cancelled).await {
+        Ok(Ok(())) => tracing::info!(job = %job, "cancelled the Ballista job of a stopped query"),
+        Ok(Err(e)) => tracing::warn!(job = %job, error = %e, "cancelling a Ballista job"),
+        Err(_) => tracing::warn!(job = %job, "cancelling a Ballista job: no answer in 10 s"),
+    }
 }
 
 /// `state` (a query's session: its tenant catalog and functions) planning on Ballista.
@@ -421,7 +465,8 @@ pub fn ballista_state(
             .with_ballista_physical_extension_codec(
                 Arc::clone(codec) as Arc<dyn PhysicalExtensionCodec>
             )
-            .with_ballista_job_name("gbrain query");
+            .with_ballista_job_name("gbrain query")
+            .with_ballista_grpc_client_max_message_size(MAX_PLAN_BYTES);
     SessionStateBuilder::new_from_existing(state.clone())
         .with_config(session)
         .build()
@@ -445,7 +490,10 @@ pub async fn run_scheduler(
     let codec = Codec::new(store);
     let mut config = SchedulerConfig::default()
         .with_hostname(advertised.0)
-        .with_port(advertised.1);
+        .with_port(advertised.1)
+        .with_grpc_server_max_decoding_message_size(MAX_PLAN_BYTES as u32)
+        .with_grpc_server_max_encoding_message_size(MAX_PLAN_BYTES as u32)
+        .with_grpc_client_max_message_size(MAX_PLAN_BYTES as u32);
     config.override_logical_codec = Some(Arc::clone(&codec) as Arc<dyn LogicalExtensionCodec>);
     config.override_physical_codec = Some(codec as Arc<dyn PhysicalExtensionCodec>);
     let config = Arc::new(config);
@@ -483,6 +531,10 @@ pub async fn run_scheduler(
         .map_err(|e| crate::Error::Startup(format!("scheduler: {e}")))
 }
 
+/// The health service name an executor reports SERVING under while the scheduler answers
+/// its heartbeats (its readiness).
+pub const EXECUTOR_READY: &str = "gbrain.ballista.executor";
+
 /// What a Ballista executor needs.
 #[derive(Debug, Clone)]
 pub struct ExecutorOptions {
@@ -511,6 +563,11 @@ pub async fn run_executor(
 ) -> crate::Result<()> {
     let ready = ballista_executor::health::ExecutorHealth::new();
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    // "" (liveness) is SERVING while the process runs; EXECUTOR_READY (readiness) while the
+    // scheduler answers heartbeats, so that a scheduler restart does not restart executors.
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
     let watched = ready.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -523,14 +580,16 @@ pub async fn run_executor(
                 } else {
                     tonic_health::ServingStatus::NotServing
                 };
-                reporter.set_service_status("", status).await;
+                reporter.set_service_status(EXECUTOR_READY, status).await;
                 last = Some(now);
             }
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
-        reporter
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
+        for service in ["", EXECUTOR_READY] {
+            reporter
+                .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
     });
     let drained = shutdown.clone();
     let probes = tonic::transport::Server::builder()
@@ -585,6 +644,8 @@ async fn start_executor(
         work_dir,
         print_thread_info: false,
         executor_heartbeat_interval_seconds: 5,
+        grpc_max_decoding_message_size: MAX_PLAN_BYTES as u32,
+        grpc_max_encoding_message_size: MAX_PLAN_BYTES as u32,
         override_logical_codec: Some(Arc::clone(&codec) as Arc<dyn LogicalExtensionCodec>),
         override_physical_codec: Some(codec as Arc<dyn PhysicalExtensionCodec>),
         override_runtime_producer: Some(runtime),

@@ -79,7 +79,7 @@ pub struct QueryConfig {
 /// Where large queries go.
 #[derive(Clone, Debug)]
 pub struct DistributedConfig {
-    /// The Ballista scheduler, `http://host:port`.
+    /// The Ballista scheduler: `df://host:port`, `http://host:port` or `host:port`.
     pub scheduler: String,
     /// Queries left to the service (`x-gbrain-execution: auto`, the default) go to Ballista
     /// when their scans read at least this many bytes of stored files.
@@ -190,7 +190,11 @@ pub struct Described {
 }
 
 impl QueryEngine {
-    pub fn new(config: QueryConfig, deps: QueryDeps) -> Result<Arc<Self>> {
+    pub fn new(mut config: QueryConfig, deps: QueryDeps) -> Result<Arc<Self>> {
+        if let Some(d) = &mut config.distributed {
+            d.scheduler =
+                crate::scheduler_url(&d.scheduler).map_err(|e| Error::Startup(e.to_string()))?;
+        }
         let mode = match &config.spill_dir {
             Some(dir) => DiskManagerMode::Directories(vec![dir.clone()]),
             None => DiskManagerMode::OsTmpDirectory,
@@ -476,19 +480,24 @@ impl QueryEngine {
                         .then_some(d),
                 };
                 match distributed {
-                    None => Ok((physical, ctx.task_ctx())),
+                    None => Ok((physical, ctx.task_ctx(), None)),
                     Some(d) => {
                         let state =
                             crate::distributed::ballista_state(&ctx.state(), d, &this.codec)?;
-                        let physical = state.create_physical_plan(&plan).await?;
+                        let remote = state.create_physical_plan(&plan).await?;
+                        // Ballista answers a plan that reads nothing (`WHERE false`) with an
+                        // empty schema: such a plan runs here, where its columns are kept.
+                        if remote.schema().fields() != physical.schema().fields() {
+                            return Ok((physical, ctx.task_ctx(), None));
+                        }
                         this.metrics.distributed.inc();
-                        Ok((physical, state.task_ctx()))
+                        Ok((remote, state.task_ctx(), Some(d.scheduler.clone())))
                     }
                 }
             }),
         )
         .await;
-        let (plan, task_ctx) = match physical {
+        let (plan, task_ctx, scheduler) = match physical {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
                 self.metrics
@@ -506,7 +515,13 @@ impl QueryEngine {
         let remaining = remaining.saturating_sub(started.elapsed());
         self.metrics.active.inc();
         self.executor.spawn(async move {
-            let outcome = forward(plan, task_ctx, &tx, remaining, limit).await;
+            let outcome = forward(Arc::clone(&plan), task_ctx, &tx, remaining, limit).await;
+            // Dropping Ballista's stream leaves its job running: stop it.
+            if let Some(scheduler) = scheduler
+                && outcome != Outcome::Ok
+            {
+                crate::distributed::cancel_job(&plan, &scheduler).await;
+            }
             metrics.active.dec();
             metrics.finished(outcome);
             metrics

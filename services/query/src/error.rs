@@ -100,12 +100,41 @@ impl From<Error> for Status {
 }
 
 /// The status of a DataFusion error, by its root cause.
+/// The status of a Ballista job that failed, from its text: lost executors, shuffle fetches,
+/// I/O and storage are Unavailable (running it again can work), memory ResourceExhausted,
+/// plans the cluster could not read Internal, the rest (errors in the query itself)
+/// InvalidArgument.
+fn ballista_job_status(message: &str) -> Status {
+    let has = |words: &[&str]| words.iter().any(|w| message.contains(w));
+    if has(&["ResourcesExhausted", "Resources exhausted"]) {
+        Status::resource_exhausted(format!("on Ballista: {message}"))
+    } else if has(&[
+        "ExecutorLost",
+        "FetchPartitionError",
+        "IoError",
+        "IOError",
+        "ObjectStore",
+        "ResultLost",
+        "TaskKilled",
+    ]) {
+        Status::unavailable(format!("on Ballista: {message}"))
+    } else if has(&["Could not parse", "Internal(", "ParquetError"]) {
+        Status::internal(format!("on Ballista: {message}"))
+    } else {
+        Status::invalid_argument(message.to_string())
+    }
+}
+
 pub fn datafusion_status(e: &DataFusionError) -> Status {
     let root = e.find_root();
     let message = root.to_string();
     // Ballista reports a scheduler or executor it cannot reach as text of tonic's error.
     if message.contains("tonic::transport::Error") {
         return Status::unavailable(format!("Ballista could not be reached: {message}"));
+    }
+    // And a failed job as text: what failed is in it.
+    if message.contains("Job failed due to") || message.contains("Could not parse") {
+        return ballista_job_status(&message);
     }
     match root {
         DataFusionError::SQL(..)
@@ -174,6 +203,39 @@ mod tests {
         assert_eq!(
             datafusion_status(&DataFusionError::Internal("bug".into())).code(),
             tonic::Code::Internal
+        );
+    }
+
+    #[test]
+    fn tells_failed_ballista_jobs_apart() {
+        let job = |why: &str| {
+            datafusion_status(&DataFusionError::Execution(format!(
+                "Job 038HAXX4KM000 failed: Job failed due to stage 0 failed: {why}"
+            )))
+            .code()
+        };
+        // The texts Ballista 55 writes for these failures.
+        assert_eq!(
+            job(
+                "Task failed due to runtime execution error: DataFusionError(Shared(Execution(\"band_power takes 5 arguments\")))"
+            ),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            job("Stage 2 has failed 4 times, most recent failure reason: FetchPartitionError"),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(job("ExecutorLost: executor-2"), tonic::Code::Unavailable);
+        assert_eq!(
+            job("DataFusionError(ResourcesExhausted(\"sort\"))"),
+            tonic::Code::ResourceExhausted
+        );
+        let unreachable = DataFusionError::Execution(
+            "tonic::transport::Error(Transport, ConnectError(\"tcp connect error\"))".into(),
+        );
+        assert_eq!(
+            datafusion_status(&unreachable).code(),
+            tonic::Code::Unavailable
         );
     }
 }

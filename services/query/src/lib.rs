@@ -81,7 +81,7 @@ impl QueryConfig {
                 .ballista_scheduler
                 .as_deref()
                 .map(|s| DistributedConfig {
-                    scheduler: scheduler_url(s),
+                    scheduler: s.to_string(),
                     threshold_bytes: args.ballista_threshold_bytes,
                 }),
             ..defaults
@@ -89,28 +89,57 @@ impl QueryConfig {
     }
 }
 
-/// `http://host:port` of a scheduler given as `df://host:port`, `http://host:port` or
-/// `host:port`.
-pub fn scheduler_url(s: &str) -> String {
-    let s = s.trim();
-    let rest = s
+/// `(host, port)` of a Ballista scheduler given as `df://host:port`, `http://host:port` or
+/// `host:port` (port 50050 when none is given; an IPv6 host keeps its brackets).
+pub fn scheduler_host_port(s: &str) -> Result<(String, u16)> {
+    let bad = |why: &str| {
+        Error::invalid(
+            "ballista-scheduler",
+            format!("{s:?}: {why}; expected df://host:port (Ballista's ports speak plain gRPC)"),
+        )
+    };
+    let t = s.trim();
+    let rest = t
         .strip_prefix("df://")
-        .or_else(|| s.strip_prefix("http://"))
-        .unwrap_or(s);
-    format!("http://{}", rest.trim_end_matches('/'))
+        .or_else(|| t.strip_prefix("http://"))
+        .unwrap_or(t)
+        .trim_end_matches('/');
+    if rest.is_empty() {
+        return Err(bad("no host"));
+    }
+    if rest.contains("://") || rest.contains('/') {
+        return Err(bad("not a host and port"));
+    }
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (inner, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(bad("text after the address")),
+        };
+        (format!("[{inner}]"), port)
+    } else {
+        match rest.split_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (rest.to_string(), None),
+        }
+    };
+    let port = match port {
+        None => 50050,
+        Some(p) => p
+            .parse::<u16>()
+            .map_err(|_| bad("the port is not a number"))?,
+    };
+    if host.is_empty() || host == "[]" {
+        return Err(bad("no host"));
+    }
+    Ok((host, port))
 }
 
-/// `(host, port)` of a scheduler given as for [`scheduler_url`].
-pub fn scheduler_host_port(s: &str) -> Result<(String, u16)> {
-    let url = scheduler_url(s);
-    let parsed = url::Url::parse(&url).map_err(|e| Error::invalid("scheduler", e.to_string()))?;
-    let host = parsed
-        .host_str()
-        .ok_or_else(|| Error::invalid("scheduler", format!("{s:?} names no host")))?;
-    Ok((
-        host.trim_matches(['[', ']']).to_string(),
-        parsed.port().unwrap_or(50050),
-    ))
+/// `http://host:port` of a scheduler given as for [`scheduler_host_port`].
+pub fn scheduler_url(s: &str) -> Result<String> {
+    let (host, port) = scheduler_host_port(s)?;
+    Ok(format!("http://{host}:{port}"))
 }
 
 /// The query service's parts, for its own process or the embedded cluster.
@@ -208,4 +237,35 @@ pub async fn run(
     .map_err(|e| Error::Startup(e.to_string()))?;
     catalog.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_scheduler_addresses() {
+        for (given, want) in [
+            ("df://sched:50050", ("sched", 50050)),
+            ("http://10.0.0.7:80", ("10.0.0.7", 80)),
+            ("sched", ("sched", 50050)),
+            ("df://[::1]:7000/", ("[::1]", 7000)),
+            ("[fe80::2]", ("[fe80::2]", 50050)),
+        ] {
+            let (host, port) = scheduler_host_port(given).unwrap();
+            assert_eq!((host.as_str(), port), want, "{given}");
+        }
+        assert_eq!(scheduler_url("df://s:1").unwrap(), "http://s:1");
+        for bad in [
+            "",
+            "https://s:50050",
+            "grpc://s",
+            "s:port",
+            "df://s:1/x",
+            "[::1",
+        ] {
+            let e = scheduler_host_port(bad).unwrap_err().to_string();
+            assert!(e.starts_with("ballista-scheduler"), "{bad}: {e}");
+        }
+    }
 }
