@@ -751,7 +751,7 @@ async fn concurrent_commits_on_one_recording_never_deadlock(c: &Catalog) {
     // Flushes racing each other may find a later one committed first (and change nothing);
     // every attach and append is a commit of its own.
     let commits = c.current_seq().await.unwrap() - seq_before;
-    assert!(commits >= 2 * EACH + 1, "{commits} commits");
+    assert!(commits > 2 * EACH, "{commits} commits");
     let view = c
         .tenant_view("a", c.current_seq().await.unwrap())
         .await
