@@ -10,7 +10,7 @@ use gbrain_cli::local_cluster::{LocalCluster, Spec, drop_database};
 use gbrain_common::clap_blocks::ClientArgs;
 use gbrain_integration_tests::binary::metric_sum;
 use gbrain_integration_tests::live_stream as live;
-use gbrain_integration_tests::tools::{data_dir, gbrain_bin, python, weed_bin};
+use gbrain_integration_tests::tools::{data_dir, gbrain_bin, grpcurl, python, weed_bin};
 use gbrain_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 
 /// The server URL of the tests' PostgreSQL, with its database.
@@ -293,6 +293,25 @@ async fn every_role_runs_in_its_own_process_and_the_cluster_stops_cleanly() {
 async fn same_results_on_ballista(c: &LocalCluster) {
     let ingest = c.process("ingest").endpoint();
     let query = c.process("query").endpoint();
+    // Ballista's roles answer health checks, with reflection.
+    for role in ["ballista-scheduler", "ballista-executor-1"] {
+        let addr = c.process(role).grpc.to_string();
+        let list = Command::new(grpcurl())
+            .args(["-plaintext", &addr, "list"])
+            .output()
+            .unwrap();
+        let listed = String::from_utf8_lossy(&list.stdout);
+        assert!(listed.contains("grpc.health.v1.Health"), "{role}: {listed}");
+        let check = Command::new(grpcurl())
+            .args(["-plaintext", &addr, "grpc.health.v1.Health/Check"])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&check.stdout).contains("SERVING"),
+            "{role}: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
     for (file, subject) in [
         ("eeg_edf/test_generator.edf", "sub-g1"),
         ("eeg_edf/test_generator.bdf", "sub-g2"),

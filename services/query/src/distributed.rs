@@ -520,8 +520,7 @@ pub async fn run_scheduler(
         )
         .await;
     let drained = shutdown.clone();
-    tonic::transport::Server::builder()
-        .add_service(health_service)
+    probe_server(health_service)?
         .add_service(grpc)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -534,6 +533,29 @@ pub async fn run_scheduler(
 /// The health service name an executor reports SERVING under while the scheduler answers
 /// its heartbeats (its readiness).
 pub const EXECUTOR_READY: &str = "gbrain.ballista.executor";
+
+/// A server with grpc.health.v1 and reflection of it (Ballista's own services publish no
+/// descriptors).
+fn probe_server(
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+) -> crate::Result<tonic::transport::server::Router> {
+    let reflection =
+        |e: tonic_reflection::server::Error| crate::Error::Startup(format!("reflection: {e}"));
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(reflection)?;
+    let v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(reflection)?;
+    Ok(tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(v1)
+        .add_service(v1alpha))
+}
 
 /// What a Ballista executor needs.
 #[derive(Debug, Clone)]
@@ -592,12 +614,10 @@ pub async fn run_executor(
         }
     });
     let drained = shutdown.clone();
-    let probes = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(health),
-            async move { drained.cancelled().await },
-        );
+    let probes = probe_server(health_service)?.serve_with_incoming_shutdown(
+        tokio_stream::wrappers::TcpListenerStream::new(health),
+        async move { drained.cancelled().await },
+    );
     tokio::spawn(async move {
         if let Err(e) = probes.await {
             tracing::warn!(error = %e, "executor health port stopped");
