@@ -226,14 +226,7 @@ async fn every_role_runs_in_its_own_process_and_the_cluster_stops_cleanly() {
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let (_, batches) =
-            gbrain_cli::sql::collect(&mut flight, "SELECT count(*) FROM predictions")
-                .await
-                .unwrap();
-        let n = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(
-            batches[0].column(0),
-        )
-        .value(0);
+        let n = scalar(&mut flight, "SELECT count(*) FROM predictions").await;
         if n as u64 >= windows {
             break;
         }
@@ -349,14 +342,11 @@ async fn same_results_on_ballista(c: &LocalCluster) {
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let (_, b) = gbrain_cli::sql::collect(
+        let n = scalar(
             &mut flight,
             &format!("SELECT count(*) FROM samples WHERE recording_id = '{live_id}'"),
         )
-        .await
-        .unwrap();
-        let n = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b[0].column(0))
-            .value(0);
+        .await;
         if n == want {
             break;
         }
@@ -466,6 +456,18 @@ async fn same_results_on_ballista(c: &LocalCluster) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The first column of the first row of `sql`'s result, an int64.
+async fn scalar(flight: &mut gbrain_cli::sql::Flight, sql: &str) -> i64 {
+    use arrow::array::AsArray;
+    let (_, batches) = gbrain_cli::sql::collect(flight, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    batches[0]
+        .column(0)
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .value(0)
 }
 
 /// Each row as text, floats rounded to 9 significant digits (Ballista sums partitions in
@@ -664,13 +666,11 @@ async fn faults_lose_nothing_acknowledged() {
         let mut flight = gbrain_cli::sql::connect(&client(query.clone(), &token), None)
             .await
             .unwrap();
-        let (_, batches) = gbrain_cli::sql::collect(
+        let n = scalar(
             &mut flight,
             &format!("SELECT count(*) FROM samples WHERE recording_id = '{id}'"),
         )
-        .await
-        .unwrap();
-        let n = batches[0].column(0).as_primitive::<Int64Type>().value(0);
+        .await;
         assert_eq!(n as u64, samples);
     }
     println!(
@@ -969,28 +969,16 @@ async fn a_killed_ingest_mid_upload_resumes_the_upload() {
     )
     .await
     .unwrap();
-    let (_, batches) = gbrain_cli::sql::collect(
-        &mut flight,
-        "SELECT count(*) AS recordings, sum(num_records) FROM recordings",
-    )
-    .await
-    .unwrap();
-    use arrow::array::AsArray;
     assert_eq!(
-        batches[0]
-            .column(0)
-            .as_primitive::<arrow::datatypes::Int64Type>()
-            .value(0),
+        scalar(
+            &mut flight,
+            "SELECT count(*) AS recordings, sum(num_records) FROM recordings"
+        )
+        .await,
         1
     );
-    let (_, batches) = gbrain_cli::sql::collect(&mut flight, "SELECT count(*) FROM samples")
-        .await
-        .unwrap();
     assert_eq!(
-        batches[0]
-            .column(0)
-            .as_primitive::<arrow::datatypes::Int64Type>()
-            .value(0) as u64,
+        scalar(&mut flight, "SELECT count(*) FROM samples").await as u64,
         samples
     );
     let cluster = started.cluster.take().unwrap();

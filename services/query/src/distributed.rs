@@ -15,6 +15,7 @@
 //!
 //! What stays on one node, and why, is in docs/ARCHITECTURE.md ("Distributed queries").
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -45,30 +46,33 @@ const MAGIC: &[u8] = b"gbrain/1:";
 
 /// What one of our nodes carries between processes.
 #[derive(Debug, Serialize, Deserialize)]
-enum Node {
+enum Node<'a> {
     /// The `samples` table.
-    Samples { view: TenantView },
+    Samples { view: Cow<'a, TenantView> },
     /// `events`, `predictions` or `outcomes` (by position in [`RowTable::ALL`]).
-    Rows { view: TenantView, table: usize },
+    Rows {
+        view: Cow<'a, TenantView>,
+        table: usize,
+    },
     /// A catalog table (`recordings`, `channels`…): its rows, as Arrow IPC.
     Memory { ipc: Vec<u8> },
     /// A table function's output.
     Function {
-        view: TenantView,
+        view: Cow<'a, TenantView>,
         name: String,
         /// Each argument, protobuf-encoded.
         args: Vec<Vec<u8>>,
     },
     /// The samples scan; its Parquet scans are its input.
     SamplesExec {
-        view: TenantView,
+        view: Cow<'a, TenantView>,
         projection: Option<Vec<usize>>,
         files_pruned: usize,
         files_scanned: usize,
     },
     /// A table function's plan.
     FunctionExec {
-        view: TenantView,
+        view: Cow<'a, TenantView>,
         name: String,
         args: Vec<Vec<u8>>,
         target_partitions: usize,
@@ -77,7 +81,7 @@ enum Node {
     },
 }
 
-impl Node {
+impl Node<'_> {
     fn encode(&self, buf: &mut Vec<u8>) -> Result<()> {
         buf.extend_from_slice(MAGIC);
         serde_json::to_writer(buf, self)
@@ -85,7 +89,7 @@ impl Node {
     }
 
     /// Ours, or `None` for a node of Ballista's or DataFusion's.
-    fn decode(buf: &[u8]) -> Result<Option<Self>> {
+    fn decode(buf: &[u8]) -> Result<Option<Node<'static>>> {
         let Some(body) = buf.strip_prefix(MAGIC) else {
             return Ok(None);
         };
@@ -142,13 +146,17 @@ impl Codec {
     }
 }
 
-fn encode_call(call: &FunctionCall) -> Result<(TenantView, String, Vec<Vec<u8>>)> {
+fn encode_call(call: &FunctionCall) -> Result<(Cow<'_, TenantView>, String, Vec<Vec<u8>>)> {
     let args = call
         .args
         .iter()
         .map(|a| a.to_bytes().map(|b| b.to_vec()))
         .collect::<Result<Vec<_>>>()?;
-    Ok((call.env.view.view.clone(), call.name.to_string(), args))
+    Ok((
+        Cow::Borrowed(&call.env.view.view),
+        call.name.to_string(),
+        args,
+    ))
 }
 
 fn ipc(batches: &[RecordBatch], schema: &arrow::datatypes::SchemaRef) -> Result<Vec<u8>> {
@@ -207,9 +215,9 @@ impl LogicalExtensionCodec for Codec {
             None => self
                 .logical
                 .try_decode_table_provider(buf, table_ref, schema, ctx),
-            Some(Node::Samples { view }) => {
-                Ok(Arc::new(SamplesTable::new(Arc::new(QueryView::new(view)))))
-            }
+            Some(Node::Samples { view }) => Ok(Arc::new(SamplesTable::new(Arc::new(
+                QueryView::new(view.into_owned()),
+            )))),
             Some(Node::Rows { view, table }) => {
                 let table = RowTable::ALL
                     .get(table)
@@ -217,7 +225,7 @@ impl LogicalExtensionCodec for Codec {
                     .ok_or_else(|| DataFusionError::Internal(format!("no row table at {table}")))?;
                 Ok(Arc::new(RowsTable::new(
                     table,
-                    Arc::new(QueryView::new(view)),
+                    Arc::new(QueryView::new(view.into_owned())),
                     Arc::clone(&self.store),
                 )))
             }
@@ -226,7 +234,7 @@ impl LogicalExtensionCodec for Codec {
                 Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
             }
             Some(Node::Function { view, name, args }) => {
-                self.function_table(view, &name, &args, ctx)
+                self.function_table(view.into_owned(), &name, &args, ctx)
             }
             Some(other) => Err(DataFusionError::Internal(format!(
                 "{other:?} is not a table"
@@ -243,12 +251,12 @@ impl LogicalExtensionCodec for Codec {
         let any: &dyn std::any::Any = node.as_ref();
         let ours = if let Some(t) = any.downcast_ref::<SamplesTable>() {
             Node::Samples {
-                view: t.view().view.clone(),
+                view: Cow::Borrowed(&t.view().view),
             }
         } else if let Some(t) = any.downcast_ref::<RowsTable>() {
             let (table, view) = t.parts();
             Node::Rows {
-                view: view.view.clone(),
+                view: Cow::Borrowed(&view.view),
                 table: table.index(),
             }
         } else if let Some(t) = any.downcast_ref::<MemTable>() {
@@ -299,7 +307,7 @@ impl PhysicalExtensionCodec for Codec {
                 files_pruned,
                 files_scanned,
             }) => Ok(Arc::new(SamplesExec::rebuilt(
-                Arc::new(QueryView::new(view)),
+                Arc::new(QueryView::new(view.into_owned())),
                 inputs.first().cloned(),
                 projection,
                 files_pruned,
@@ -313,7 +321,7 @@ impl PhysicalExtensionCodec for Codec {
                 partitions,
                 projection,
             }) => {
-                let table = self.function_table(view, &name, &args, ctx)?;
+                let table = self.function_table(view.into_owned(), &name, &args, ctx)?;
                 let table = (table.as_ref() as &dyn std::any::Any)
                     .downcast_ref::<FunctionTable>()
                     .ok_or_else(|| {
@@ -342,7 +350,7 @@ impl PhysicalExtensionCodec for Codec {
         let ours = if let Some(e) = any.downcast_ref::<SamplesExec>() {
             let (files_scanned, files_pruned) = e.file_counts();
             Node::SamplesExec {
-                view: e.view().view.clone(),
+                view: Cow::Borrowed(&e.view().view),
                 projection: e.projection().map(<[usize]>::to_vec),
                 files_pruned,
                 files_scanned,
@@ -675,4 +683,61 @@ async fn start_executor(
     start_executor_process(Arc::new(config))
         .await
         .map_err(|e| crate::Error::Startup(format!("executor: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A view decodes to the same bits it was encoded from (a sample's time comes from these
+    /// floats, so an executor must see what the query node saw), and buffers of Ballista's own
+    /// are left to Ballista.
+    #[test]
+    fn views_travel_exactly() {
+        let onsets = [
+            0.1 + 0.2,
+            1.0 / 3.0,
+            599.995,
+            f64::MIN_POSITIVE,
+            1e300 / 7.0,
+        ];
+        let view = TenantView {
+            seq: 42,
+            segments: onsets
+                .iter()
+                .enumerate()
+                .map(|(i, &onset_s)| {
+                    (
+                        "rec".to_string(),
+                        gbrain_catalog::SegmentRow {
+                            segment_index: i as i64,
+                            first_record: i as i64 * 10,
+                            num_records: 10,
+                            onset_s,
+                        },
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut buf = Vec::new();
+        Node::Samples {
+            view: Cow::Borrowed(&view),
+        }
+        .encode(&mut buf)
+        .unwrap();
+        let Some(Node::Samples { view: back }) = Node::decode(&buf).unwrap() else {
+            panic!("not decoded as the samples table");
+        };
+        assert_eq!(back.seq, 42);
+        let bits = |v: &TenantView| -> Vec<u64> {
+            v.segments
+                .iter()
+                .map(|(_, s)| s.onset_s.to_bits())
+                .collect()
+        };
+        assert_eq!(bits(&back), bits(&view));
+        assert!(Node::decode(b"\x0a\x02ballista's own").unwrap().is_none());
+        assert!(Node::decode(b"gbrain/1:{not json").is_err());
+    }
 }

@@ -118,7 +118,7 @@ fn ballista_job_status(message: &str) -> Status {
         "TaskKilled",
     ]) {
         Status::unavailable(format!("on Ballista: {message}"))
-    } else if has(&["Could not parse", "Internal(", "ParquetError"]) {
+    } else if has(&["Could not parse plan", "Internal(", "ParquetError"]) {
         Status::internal(format!("on Ballista: {message}"))
     } else {
         Status::invalid_argument(message.to_string())
@@ -133,7 +133,7 @@ pub fn datafusion_status(e: &DataFusionError) -> Status {
         return Status::unavailable(format!("Ballista could not be reached: {message}"));
     }
     // And a failed job as text: what failed is in it.
-    if message.contains("Job failed due to") || message.contains("Could not parse") {
+    if message.contains("Job failed due to") || message.contains("Could not parse plan") {
         return ballista_job_status(&message);
     }
     match root {
